@@ -43,6 +43,8 @@ class ReasonCode(StrEnum):
     ECG_NO_USABLE_SIGNAL = "ecg_no_usable_signal"
     ECG_UNSUPPORTED_UNITS = "ecg_unsupported_units"
     ECG_WAVEFORM_MISSING = "ecg_waveform_missing"
+    ECG_UNSUPPORTED_STORAGE = "ecg_unsupported_storage"
+    ECG_DECODE_FAILED = "ecg_decode_failed"
     # clinical records
     RECORD_UNREADABLE = "record_unreadable"
     RECORD_MISSING_ID = "record_missing_id"
@@ -54,6 +56,7 @@ class ReasonCode(StrEnum):
     MANIFEST_FILE_MISSING = "manifest_file_missing"
     IMPORT_LAYOUT_INVALID = "import_layout_invalid"
     IMPORT_ROW_INVALID = "import_row_invalid"
+    IMPORT_LABELS_INVALID = "import_labels_invalid"
 
 
 class IngestError(Exception):

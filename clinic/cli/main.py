@@ -1,0 +1,230 @@
+"""``clinic``: ingest, inspect and (in later releases) train, predict and review.
+
+Each command builds :class:`~clinic.settings.Settings` from the environment and opens the store in
+``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clinic.cli.output import (
+    consoles,
+    counts_table,
+    print_json,
+    progress_bar,
+    summary_table,
+)
+from clinic.ingest.discover import iter_items_from_paths, iter_manifest_items
+from clinic.ingest.engine import IngestOptions, IngestSummary, ingest
+from clinic.ingest.errors import IngestError
+from clinic.ingest.importers import IMPORTERS
+from clinic.ingest.types import IngestItem
+from clinic.settings import RunMode, Settings, SettingsError
+from clinic.store.queries import cohort_sizes, quarantine_counts, quarantine_entries, table_counts
+from clinic.store.store import Store
+
+app = typer.Typer(
+    help="clinic: multimodal diagnostics platform (chest X-ray, 12-lead ECG, records, reports).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+import_app = typer.Typer(help="Import a public dataset from its original folder layout.")
+quarantine_app = typer.Typer(help="Inspect inputs that were refused, with their reasons.")
+cohort_app = typer.Typer(help="Named sets of cases.")
+db_app = typer.Typer(help="Database schema management.")
+app.add_typer(import_app, name="import")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(cohort_app, name="cohort")
+app.add_typer(db_app, name="db")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", "-w", min=1, help="Decoding processes (default: 1).")
+]
+CohortOption = Annotated[
+    str | None, typer.Option("--cohort", help="Add every ingested case to this named cohort.")
+]
+
+
+def load_settings(mode: RunMode | None = None, *, need_key: bool = False) -> Settings:
+    """Settings from the environment; exits with a clear message when they are unsafe."""
+    try:
+        settings = Settings.from_env(mode=mode)
+        if need_key:
+            settings.check()
+    except (SettingsError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    return settings
+
+
+def run_ingest(
+    settings: Settings, items: list[IngestItem], options: IngestOptions, as_json: bool
+) -> IngestSummary:
+    """Run the engine with a progress bar; print the summary table or the JSON object."""
+    human, errors = consoles(as_json)
+    store = Store.open(settings)
+    try:
+        with progress_bar(errors, "ingesting") as progress:
+            summary = ingest(store, items, options, progress)
+    finally:
+        store.close()
+    if as_json:
+        print_json(summary.as_json())
+    else:
+        human.print(summary_table(summary))
+    return summary
+
+
+def _collect(items_iterable: object) -> list[IngestItem]:
+    try:
+        return list(items_iterable)  # type: ignore[call-overload]
+    except IngestError as error:
+        typer.echo(f"error: {error.reason.value}: {error.message}", err=True)
+        raise typer.Exit(2) from error
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="CSV linking files to patients: patient_id,encounter_id,kind,path."),
+    ] = None,
+    cohort: CohortOption = None,
+    workers: WorkersOption = 1,
+    retry_quarantined: Annotated[
+        bool, typer.Option(help="Decode again inputs quarantined by an earlier run.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest X-rays (DICOM/PNG/JPEG), ECGs (WFDB/DICOM), records (CSV/Parquet) and reports.
+
+    Folders are walked; a folder holding manifest.csv is read through it. Re-running is safe:
+    inputs already stored are counted, never duplicated.
+    """
+    settings = load_settings(need_key=True)
+    items = _collect(iter_items_from_paths(list(paths)))
+    if manifest is not None:
+        items += _collect(iter_manifest_items(manifest))
+    options = IngestOptions(
+        workers=workers,
+        cohort=cohort,
+        sources=tuple(str(p) for p in paths),
+        retry_quarantined=retry_quarantined,
+    )
+    run_ingest(settings, items, options, as_json)
+
+
+def _register_importer(name: str) -> None:
+    def command(
+        root: Annotated[Path, typer.Argument(help=f"The {name} dataset folder (or file).")],
+        cohort: CohortOption = None,
+        workers: WorkersOption = 1,
+        as_json: JsonOption = False,
+    ) -> None:
+        settings = load_settings(need_key=True)
+        items = _collect(IMPORTERS[name](root))
+        options = IngestOptions(
+            workers=workers, cohort=cohort, command=f"import {name}", sources=(str(root),)
+        )
+        run_ingest(settings, items, options, as_json)
+
+    command.__doc__ = f"Import {name} from its original layout (any subset of it)."
+    import_app.command(name)(command)
+
+
+for _importer_name in IMPORTERS:
+    _register_importer(_importer_name)
+
+
+@app.command("status")
+def status_command(as_json: JsonOption = False) -> None:
+    """Counts of patients, images, ECGs, records, reports, labels and quarantined inputs."""
+    store = Store.open(load_settings())
+    with store.session() as session:
+        counts, quarantined = table_counts(session), quarantine_counts(session)
+    store.close()
+    if as_json:
+        print_json({"counts": counts, "quarantined": quarantined})
+        return
+    human, _ = consoles(False)
+    human.print(counts_table(f"Store {store.settings.home}", counts))
+    human.print(counts_table("Quarantined by reason", quarantined))
+
+
+@quarantine_app.command("list")
+def quarantine_list_command(
+    reason: Annotated[str | None, typer.Option(help="Only this reason code.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List refused inputs: path, sha256, reason code and message."""
+    store = Store.open(load_settings())
+    with store.session() as session:
+        entries = quarantine_entries(session, reason)
+    store.close()
+    if as_json:
+        print_json([entry.as_json() for entry in entries])
+        return
+    for entry in entries:
+        typer.echo(f"{entry.reason:32} {entry.path}\n{'':32} {entry.message}")
+
+
+@cohort_app.command("list")
+def cohort_list_command(as_json: JsonOption = False) -> None:
+    """Cohorts and their number of cases."""
+    store = Store.open(load_settings())
+    with store.session() as session:
+        sizes = cohort_sizes(session)
+    store.close()
+    if as_json:
+        print_json(sizes)
+    else:
+        consoles(False)[0].print(counts_table("Cohorts", sizes))
+
+
+@db_app.command("upgrade")
+def db_upgrade_command() -> None:
+    """Create or migrate the store's schema to the latest version."""
+    settings = load_settings()
+    Store.open(settings).close()
+    typer.echo(f"schema at head: {settings.database_url.split('@')[-1]}")
+
+
+@app.command("synth")
+def synth_command(
+    out: Annotated[Path, typer.Option(help="Folder to write the phantom cohort into.")],
+    patients: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Write a phantom cohort in real formats (DICOM, WFDB, CSV, text) with ground truth."""
+    from clinic.synth import synthesize_cohort
+
+    summary = synthesize_cohort(out, patients=patients, seed=seed)
+    typer.echo(f"phantom cohort written to {out}: {summary}")
+
+
+@app.command("demo")
+def demo_command(
+    patients: Annotated[int, typer.Option(min=1, help="Phantom patients to generate.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    workers: WorkersOption = 2,
+) -> None:
+    """The demo: synthesise a phantom cohort, ingest it into CLINIC_HOME, print the status."""
+    from clinic.synth import synthesize_cohort
+
+    settings = load_settings(RunMode.DEMO, need_key=True)
+    cohort_dir = settings.home / "demo-cohort"
+    if not (cohort_dir / "manifest.csv").is_file():
+        typer.echo(f"synthesising {patients} phantom patients into {cohort_dir} …")
+        synthesize_cohort(cohort_dir, patients=patients, seed=seed)
+    items = _collect(iter_items_from_paths([cohort_dir]))
+    options = IngestOptions(
+        workers=workers, cohort="demo", command="demo", sources=(str(cohort_dir),)
+    )
+    run_ingest(settings, items, options, as_json=False)
+    status_command(as_json=False)

@@ -1,0 +1,268 @@
+"""The ingestion engine: items in, rows and blobs out, in parallel, idempotent and resumable.
+
+The main process hashes each item (its idempotency key) and skips what the store already holds;
+worker processes decode, validate, de-identify and write blobs; the main process writes the rows
+of each batch in one transaction. A kill at any moment loses at most the uncommitted batch, whose
+items are simply done again by the next run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from clinic import __version__
+from clinic.ingest.prepare import (
+    Outcome,
+    PrepareContext,
+    Prepared,
+    Refused,
+    content_sha256,
+    prepare_item,
+)
+from clinic.ingest.pseudonym import Pseudonymizer
+from clinic.ingest.types import IngestItem
+from clinic.ingest.writer import BatchResult, add_to_cohort, current_actor, write_batch
+from clinic.store.models import AuditEvent, Cohort, IngestRun, QuarantineItem, SourceItem
+from clinic.store.store import Store
+
+BATCH_SIZE = 64
+BATCH_SECONDS = 1.0
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class IngestSummary:
+    """What one run did. ``as_json`` is the shape scripts rely on."""
+
+    run_id: int
+    seen: int = 0
+    ingested: int = 0
+    already_stored: int = 0
+    quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "seen": self.seen,
+            "ingested": self.ingested,
+            "already_stored": self.already_stored,
+            "quarantined": self.quarantined,
+        }
+
+    def add_quarantined(self, reason: str, count: int = 1) -> None:
+        self.quarantined += count
+        self.quarantined_by_reason[reason] = self.quarantined_by_reason.get(reason, 0) + count
+
+    def add_batch(self, result: BatchResult) -> None:
+        self.ingested += result.ingested
+        self.already_stored += result.already_stored
+        for reason, count in result.quarantined.items():
+            self.add_quarantined(reason, count)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    workers: int = 1
+    cohort: str | None = None
+    command: str = "ingest"
+    sources: tuple[str, ...] = ()
+    retry_quarantined: bool = False
+
+
+def prepare_context(store: Store) -> PrepareContext:
+    settings = store.settings
+    return PrepareContext(
+        pseudonymizer=Pseudonymizer(settings.pseudonym_key),
+        blobs=store.blobs,
+        ecg_sampling_rate=settings.ecg_sampling_rate,
+        ecg_duration_s=settings.ecg_duration_s,
+    )
+
+
+def ingest(
+    store: Store,
+    items: Iterable[IngestItem],
+    options: IngestOptions = IngestOptions(),
+    progress: ProgressCallback | None = None,
+) -> IngestSummary:
+    """Ingest ``items`` into ``store``; see the module docstring for the guarantees."""
+    store.blobs.remove_stale_temporaries()
+    run_id, cohort_id = _start_run(store, options)
+    summary = IngestSummary(run_id=run_id)
+    status = "failed"
+    try:
+        pending = _triage(store, list(items), summary, cohort_id, options)
+        _process(store, pending, summary, run_id, cohort_id, options, progress)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        _finish_run(store, run_id, summary, status)
+    return summary
+
+
+def _start_run(store: Store, options: IngestOptions) -> tuple[int, int | None]:
+    with store.session() as session, session.begin():
+        run = IngestRun(
+            command=options.command,
+            sources=list(options.sources),
+            counts={},
+            code_version=__version__,
+        )
+        session.add(run)
+        cohort_id = ensure_cohort(session, options.cohort) if options.cohort else None
+        session.flush()
+        return run.id, cohort_id
+
+
+def ensure_cohort(session: Session, name: str) -> int:
+    cohort_id = session.scalar(select(Cohort.id).where(Cohort.name == name))
+    if cohort_id is None:
+        cohort = Cohort(name=name)
+        session.add(cohort)
+        session.flush()
+        return cohort.id
+    return cohort_id
+
+
+def _triage(
+    store: Store,
+    items: list[IngestItem],
+    summary: IngestSummary,
+    cohort_id: int | None,
+    options: IngestOptions,
+) -> list[tuple[IngestItem, str]]:
+    """Hash every item; count what is already stored or known bad; return the rest to decode."""
+    with store.session() as session:
+        stored = set(session.scalars(select(SourceItem.sha256)))
+        known_bad = (
+            {}
+            if options.retry_quarantined
+            else dict(
+                session.execute(select(QuarantineItem.sha256, QuarantineItem.reason)).tuples()
+            )
+        )
+    pending: list[tuple[IngestItem, str]] = []
+    already: list[str] = []
+    queued: set[str] = set()
+    for item in items:
+        summary.seen += 1
+        sha = content_sha256(item)
+        if sha in stored or sha in queued:
+            already.append(sha)
+        elif sha in known_bad:
+            summary.add_quarantined(known_bad[sha])
+        else:
+            queued.add(sha)
+            pending.append((item, sha))
+    summary.already_stored += len(already)
+    if cohort_id is not None and already:
+        _add_stored_to_cohort(store, cohort_id, already)
+    return pending
+
+
+def _add_stored_to_cohort(store: Store, cohort_id: int, hashes: list[str]) -> None:
+    with store.session() as session, session.begin():
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            encounter_ids = session.scalars(
+                select(SourceItem.encounter_id).where(SourceItem.sha256.in_(chunk))
+            )
+            add_to_cohort(session, cohort_id, encounter_ids)
+
+
+def _process(
+    store: Store,
+    pending: list[tuple[IngestItem, str]],
+    summary: IngestSummary,
+    run_id: int,
+    cohort_id: int | None,
+    options: IngestOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    done = summary.seen - len(pending)
+    if progress:
+        progress(done, summary.seen)
+    batch: list[Outcome] = []
+    last_flush = time.monotonic()
+    for outcome in _outcomes(store, pending, options.workers):
+        batch.append(outcome)
+        if len(batch) >= BATCH_SIZE or time.monotonic() - last_flush > BATCH_SECONDS:
+            _flush(store, batch, summary, run_id, cohort_id)
+            done += len(batch)
+            batch, last_flush = [], time.monotonic()
+            if progress:
+                progress(done, summary.seen)
+    _flush(store, batch, summary, run_id, cohort_id)
+    if progress:
+        progress(summary.seen, summary.seen)
+
+
+def _flush(
+    store: Store, batch: list[Outcome], summary: IngestSummary, run_id: int, cohort_id: int | None
+) -> None:
+    if not batch:
+        return
+    prepared = [o for o in batch if isinstance(o, Prepared)]
+    refused = [o for o in batch if isinstance(o, Refused)]
+    with store.session() as session, session.begin():
+        result = write_batch(session, prepared, refused, run_id=run_id, cohort_id=cohort_id)
+    summary.add_batch(result)
+
+
+_WORKER_CONTEXT: PrepareContext | None = None
+
+
+def _init_worker(context: PrepareContext) -> None:
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = context
+
+
+def _prepare_in_worker(task: tuple[IngestItem, str]) -> Outcome:
+    assert _WORKER_CONTEXT is not None, "worker started without its context"
+    return prepare_item(task[0], task[1], _WORKER_CONTEXT)
+
+
+def _outcomes(
+    store: Store, pending: list[tuple[IngestItem, str]], workers: int
+) -> Iterator[Outcome]:
+    """Decode in this process (one worker) or in a spawned process pool."""
+    context = prepare_context(store)
+    if workers <= 1 or len(pending) <= 1:
+        for item, sha in pending:
+            yield prepare_item(item, sha, context)
+        return
+    pool_context = multiprocessing.get_context("spawn")
+    with pool_context.Pool(workers, initializer=_init_worker, initargs=(context,)) as pool:
+        yield from pool.imap_unordered(_prepare_in_worker, pending, chunksize=2)
+
+
+def _finish_run(store: Store, run_id: int, summary: IngestSummary, status: str) -> None:
+    counts: dict[str, Any] = {**summary.as_json(), "by_reason": summary.quarantined_by_reason}
+    with store.session() as session, session.begin():
+        run = session.get(IngestRun, run_id)
+        assert run is not None
+        run.status = status
+        run.finished_at = dt.datetime.now(dt.UTC)
+        run.counts = counts
+        session.add(
+            AuditEvent(
+                actor=current_actor(),
+                role="system",
+                action="ingest.run",
+                resource_type="ingest_run",
+                resource_id=str(run_id),
+                outcome="success" if status == "finished" else status,
+                details=counts,
+            )
+        )

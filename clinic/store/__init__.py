@@ -1,0 +1,1 @@
+"""The store: SQL rows for metadata, content-addressed files for blobs."""

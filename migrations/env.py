@@ -1,0 +1,55 @@
+"""Alembic environment: the URL comes from the config set by ``clinic.store.db.alembic_config``
+(or ``-x url=...`` / ``CLINIC_DATABASE_URL`` when alembic is run by hand)."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from clinic.settings import normalise_database_url
+from clinic.store.db import make_engine
+from clinic.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url")
+    url = url or config.get_main_option("sqlalchemy.url") or os.environ.get("CLINIC_DATABASE_URL")
+    if not url:
+        raise RuntimeError("no database URL: pass -x url=... or set CLINIC_DATABASE_URL")
+    return normalise_database_url(url)
+
+
+def run_migrations_offline() -> None:
+    url = _url()
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=url.startswith("sqlite"),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    url = _url()
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=url.startswith("sqlite"),
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

