@@ -112,8 +112,8 @@ def _wave_series(t: Signal, onsets: Signal, wave: Wave) -> Signal:
     if wave.plateau_end_s is None:
         shape = np.exp(-0.5 * (dt / wave.width_s) ** 2)
     else:
-        rise = 1.0 / (1.0 + np.exp(-dt / wave.width_s))
-        fall = 1.0 / (1.0 + np.exp((dt - (wave.plateau_end_s - wave.center_s)) / 0.03))
+        rise = 0.5 * (1.0 + np.tanh(dt / (2.0 * wave.width_s)))
+        fall = 0.5 * (1.0 - np.tanh((dt - (wave.plateau_end_s - wave.center_s)) / 0.06))
         shape = rise * fall
     return wave.amplitude_mv * shape.sum(axis=0)
 

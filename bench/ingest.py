@@ -1,0 +1,121 @@
+"""Ingestion throughput against the raw cost of the same files, measured in the same run.
+
+Raw cost = what any reader must pay: for DICOM, read + sha256 + pydicom decode of the pixel data;
+for ECG, read + sha256 + ``wfdb.rdrecord``. Ingestion = the full engine (decode, LUT/window,
+resampling, quality checks, de-identification, blob writes, database rows), in one process, so
+the ratio is per-core work and not parallelism. Each figure is the best of ``--repeat`` runs.
+
+    .venv/bin/python -m bench.ingest [--patients 60] [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import wfdb
+
+from clinic.ingest.engine import IngestOptions, ingest
+from clinic.ingest.types import IngestItem, ItemKind
+from clinic.settings import RunMode, Settings
+from clinic.store.store import Store
+from clinic.synth import synthesize_cohort
+
+
+def raw_dicom(path: Path) -> None:
+    data = path.read_bytes()
+    hashlib.sha256(data).hexdigest()
+    pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding is the point
+
+
+def raw_wfdb(path: Path) -> None:
+    for file in sorted(path.parent.glob(path.stem + ".*")):
+        hashlib.sha256(file.read_bytes()).hexdigest()
+    wfdb.rdrecord(str(path.with_suffix("")))
+
+
+def best_time(action: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def ingest_time(files: list[Path], kind: ItemKind, work: Path, repeat: int) -> float:
+    """Best wall time to ingest ``files`` into a fresh SQLite store (schema created beforehand)."""
+    times = []
+    for attempt in range(repeat):
+        home = work / f"{kind.value}-{attempt}"
+        settings = Settings(
+            home=home,
+            database_url=f"sqlite:///{home / 'clinic.db'}",
+            raw_pseudonym_key="bench-key-0123456789",
+            mode=RunMode.TEST,
+        )
+        store = Store.open(settings)
+        items = [
+            IngestItem(kind=kind, source=str(p), path=p, patient_key=p.stem, encounter_key="1")
+            for p in files
+        ]
+        start = time.perf_counter()
+        summary = ingest(store, items, IngestOptions(workers=1))
+        times.append(time.perf_counter() - start)
+        store.close()
+        if summary.ingested != len(files):
+            raise RuntimeError(f"benchmark input refused: {summary}")
+    return min(times)
+
+
+def measure(
+    files: list[Path], kind: ItemKind, raw: Callable[[Path], None], work: Path, repeat: int
+) -> dict[str, float]:
+    raw_seconds = best_time(lambda: [raw(p) for p in files], repeat)
+    ingest_seconds = ingest_time(files, kind, work, repeat)
+    return {
+        "files": len(files),
+        "files_per_s": round(len(files) / ingest_seconds, 2),
+        "raw_files_per_s": round(len(files) / raw_seconds, 2),
+        "ratio": round(ingest_seconds / raw_seconds, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="clinic-bench-") as folder:
+        work = Path(folder)
+        synthesize_cohort(work / "cohort", patients=args.patients, seed=1)
+        dicoms = sorted((work / "cohort" / "xray").glob("*.dcm"))
+        ecgs = sorted((work / "cohort" / "ecg").glob("*.hea"))
+        results = {
+            "dicom": measure(dicoms, ItemKind.XRAY, raw_dicom, work, args.repeat),
+            "ecg": measure(ecgs, ItemKind.ECG, raw_wfdb, work, args.repeat),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+    if args.json:
+        print(json.dumps(results))
+        return
+    for name in ("dicom", "ecg"):
+        r = results[name]
+        assert isinstance(r, dict)
+        print(
+            f"{name:6} {r['files']:4} files  ingest {r['files_per_s']:8.1f}/s  "
+            f"raw {r['raw_files_per_s']:8.1f}/s  ingest/raw time ratio {r['ratio']:.2f}"
+        )
+    print(f"peak RSS {results['peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()
