@@ -15,13 +15,14 @@ import re
 import unicodedata
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 __all__ = [
     "CORE_FIELD_NAMES",
     "ColumnBinding",
+    "ColumnRole",
     "FieldDtype",
     "FieldSpec",
     "RecordSchema",
@@ -51,9 +52,11 @@ CORE_FIELD_NAMES: tuple[str, ...] = (
 )
 
 _SCHEMA_NAME = re.compile(r"^[a-z0-9_]+$")
+_MAX_MEMOISED_COLUMNS = 4096
 _NON_ALNUM = re.compile(r"[\W_]+")
 
 
+@lru_cache(maxsize=65_536)
 def normalize_column_name(column: str) -> str:
     """Fold a column header to its matching key.
 
@@ -80,8 +83,12 @@ class UnitConversion(BaseModel):
     offset: float = 0.0
 
     def to_canonical(self, value: float) -> float:
-        """Convert ``value`` given in :attr:`unit` to the field's canonical unit."""
-        return (value + self.offset) * self.factor
+        """Convert ``value`` given in :attr:`unit` to the field's canonical unit.
+
+        Rounded to 10 decimals so that binary float noise (100.4 °F → 38.00000000000001 °C)
+        never reaches the store; no clinical quantity is that precise.
+        """
+        return round((value + self.offset) * self.factor, 10)
 
 
 class FieldSpec(BaseModel):
@@ -139,6 +146,10 @@ class ColumnBinding(BaseModel):
     conversion: UnitConversion | None = None
 
 
+#: A column's role in a schema: identifier, dropped identifier, a field binding, or None (extra).
+ColumnRole: TypeAlias = Literal["id", "drop"] | ColumnBinding | None
+
+
 class RecordSchema(BaseModel):
     """A versioned set of core fields plus the columns that identify a record.
 
@@ -157,6 +168,9 @@ class RecordSchema(BaseModel):
     fields: tuple[FieldSpec, ...]
 
     _bindings: dict[str, ColumnBinding] = PrivateAttr(default_factory=dict)
+    _id_keys: frozenset[str] = PrivateAttr(default=frozenset())
+    _drop_keys: frozenset[str] = PrivateAttr(default=frozenset())
+    _roles: dict[str, ColumnRole] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_unique(self) -> RecordSchema:
@@ -173,9 +187,17 @@ class RecordSchema(BaseModel):
             seen.add(key)
         return self
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when the contracts are equal; the lookup memo (private state) is ignored."""
+        if not isinstance(other, RecordSchema):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     def model_post_init(self, context: object, /) -> None:
         """Index every accepted column spelling once, so per-row lookups are a dict hit."""
         self._bindings = dict(self._iter_bindings())
+        self._id_keys = frozenset(map(normalize_column_name, self.id_columns))
+        self._drop_keys = frozenset(map(normalize_column_name, self.drop_columns))
 
     def _iter_bindings(self) -> list[tuple[str, ColumnBinding]]:
         """Every (normalised column name, binding) pair the schema accepts, in priority order."""
@@ -205,15 +227,30 @@ class RecordSchema(BaseModel):
         """Which field (and unit) a source column feeds, or None when it is not a field."""
         return self._bindings.get(normalize_column_name(column))
 
+    def column_role(self, column: str) -> ColumnRole:
+        """What a source column is: an id column, a dropped identifier, a field, or None (an
+        extra). Memoised per spelling: tables repeat the same header on every row."""
+        roles = self._roles
+        role = roles.get(column)
+        if role is None and column not in roles:
+            key = normalize_column_name(column)
+            if key in self._id_keys:
+                role = "id"
+            elif key in self._drop_keys:
+                role = "drop"
+            else:
+                role = self._bindings.get(key)
+            if len(roles) < _MAX_MEMOISED_COLUMNS:
+                roles[column] = role
+        return role
+
     def is_id_column(self, column: str) -> bool:
         """Whether ``column`` is one of the schema's identifier columns."""
-        key = normalize_column_name(column)
-        return any(normalize_column_name(c) == key for c in self.id_columns)
+        return normalize_column_name(column) in self._id_keys
 
     def is_drop_column(self, column: str) -> bool:
         """Whether ``column`` is a direct identifier that must never be kept as an extra."""
-        key = normalize_column_name(column)
-        return any(normalize_column_name(c) == key for c in self.drop_columns)
+        return normalize_column_name(column) in self._drop_keys
 
 
 @lru_cache(maxsize=16)

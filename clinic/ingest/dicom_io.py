@@ -12,18 +12,19 @@ Messages never quote element values: they may hold patient data.
 
 from __future__ import annotations
 
+import io
 import struct
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_has_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from clinic.ingest.errors import IngestError, ReasonCode
 
@@ -32,12 +33,35 @@ __all__ = ["is_waveform", "load_dicom"]
 _PREAMBLE_LENGTH = 128
 _PREFIX = b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-_MAX_HEADER_LENGTH = 12  # explicit VR with a 4-byte length: tag 4 + VR 2 + reserved 2 + length 4
+_ELEMENT_HEADER_LENGTH = 8  # the first read of every element: tag + VR + length (or tag + length)
 # Groups a stored DICOM object may plausibly start with when it has no preamble.
 _PLAUSIBLE_FIRST_GROUPS = frozenset({0x0002, 0x0008})
 # String VRs whose value pydicom converts to numbers; a plain ``str`` left behind means the
 # conversion failed (pydicom warns and keeps the text instead of raising).
 _NUMERIC_STRING_VRS = frozenset({"IS", "DS"})
+
+
+class _TrackingReader(io.BufferedReader):
+    """A file reader that remembers the size asked for and the size got by the latest read.
+
+    pydicom ends a data set without complaint when fewer than the 8 bytes of an element header
+    remain; that last short read is the only trace a file cut inside a header leaves.
+    """
+
+    last_requested: int = 0
+    last_got: int = 0
+
+    @property
+    def name(self) -> str:
+        """Hide the path: pydicom quotes it in warnings and keeps it on the data set."""
+        return "<dicom input>"
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        """Read as usual and record the request and the result."""
+        data = super().read(size)
+        self.last_requested = -1 if size is None else size
+        self.last_got = len(data)
+        return data
 
 
 def load_dicom(path: Path) -> Dataset:
@@ -54,20 +78,28 @@ def load_dicom(path: Path) -> Dataset:
     if size == 0:
         raise IngestError(ReasonCode.FILE_EMPTY, "file is empty")
     try:
-        fp = path.open("rb")
+        fp = _TrackingReader(io.FileIO(str(path), "rb"))
     except OSError as exc:
         raise IngestError(ReasonCode.FILE_UNREADABLE, f"cannot open file: {exc.strerror}") from exc
     with fp:
         has_prefix = _has_dicm_prefix(fp.read(_PREAMBLE_LENGTH + len(_PREFIX)))
         fp.seek(0)
         ds, consumed = _read(fp, has_prefix=has_prefix)
-    _check_complete(ds, consumed=consumed, size=size, has_prefix=has_prefix)
+        last_requested, last_got = fp.last_requested, fp.last_got
+    _check_complete(
+        ds,
+        consumed=consumed,
+        size=size,
+        has_prefix=has_prefix,
+        last_requested=last_requested,
+        last_got=last_got,
+    )
     _parse_all(ds)
     return ds
 
 
 def is_waveform(ds: Dataset) -> bool:
-    """True when ``ds`` carries waveforms (ECG and similar), so the engine can route it elsewhere."""
+    """True when ``ds`` carries waveforms (ECG and the like): the engine routes those elsewhere."""
     return "WaveformSequence" in ds
 
 
@@ -76,7 +108,7 @@ def _has_dicm_prefix(head: bytes) -> bool:
     return head[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + len(_PREFIX)] == _PREFIX
 
 
-def _read(fp: Any, *, has_prefix: bool) -> tuple[Dataset, int]:
+def _read(fp: _TrackingReader, *, has_prefix: bool) -> tuple[Dataset, int]:
     """Parse the file, returning the data set and how many bytes the parser consumed.
 
     Without the ``DICM`` prefix the file may still be a raw (pre-PS3.10) data set, so it is read
@@ -93,30 +125,50 @@ def _read(fp: Any, *, has_prefix: bool) -> tuple[Dataset, int]:
         # pydicom raises a bare OSError ("No tag to read ...") when items run out.
         reason = ReasonCode.DICOM_TRUNCATED if has_prefix else ReasonCode.DICOM_NOT_DICOM
         raise IngestError(reason, "file ends inside a sequence") from exc
+    except zlib.error as exc:
+        # Deflated transfer syntax: the compressed stream is cut short or corrupt.
+        cut = "incomplete" in str(exc) or "truncated" in str(exc)
+        reason = ReasonCode.DICOM_TRUNCATED if cut else ReasonCode.DICOM_INVALID
+        raise IngestError(reason, "deflated data set cannot be inflated") from exc
     except (EOFError, struct.error, BytesLengthException) as exc:
         # Fewer bytes left than an element header or a file meta value needs.
         reason = ReasonCode.DICOM_TRUNCATED if has_prefix else ReasonCode.DICOM_NOT_DICOM
         raise IngestError(reason, "file ends inside an element") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted input is a refusal
+    except Exception as exc:  # any other parser failure on untrusted input is a refusal
         reason = ReasonCode.DICOM_INVALID if has_prefix else ReasonCode.DICOM_NOT_DICOM
         raise IngestError(reason, f"not parseable as DICOM ({type(exc).__name__})") from exc
     if not has_prefix and not _plausible_raw_dataset(ds):
         raise IngestError(
             ReasonCode.DICOM_NOT_DICOM, "no DICM prefix and the content is not a DICOM data set"
         )
-    return ds, int(fp.tell())
+    return ds, fp.tell()
 
 
 def _plausible_raw_dataset(ds: Dataset) -> bool:
-    """Judge a forced read: real data sets start with a known group-0000/0002/0008 element."""
+    """Judge a forced read: real data sets start with a known group-0002 or 0008 element.
+
+    Group 0008 holds the SOP Common module (SOP Class/Instance UID) that every storage object
+    carries, and elements are sorted, so nothing but file meta can come before it. A group length
+    (gggg,0000) is not in the data dictionary but is a legitimate first element.
+    """
     tags = sorted(ds.keys())
     if not tags:
         return False
     first = tags[0]
-    return first.group in _PLAUSIBLE_FIRST_GROUPS and dictionary_has_tag(first)
+    return first.group in _PLAUSIBLE_FIRST_GROUPS and (
+        first.element == 0 or dictionary_has_tag(first)
+    )
 
 
-def _check_complete(ds: Dataset, *, consumed: int, size: int, has_prefix: bool) -> None:
+def _check_complete(
+    ds: Dataset,
+    *,
+    consumed: int,
+    size: int,
+    has_prefix: bool,
+    last_requested: int,
+    last_got: int,
+) -> None:
     """Refuse files that end before the elements they declare.
 
     pydicom stops quietly when an undefined-length element has no delimiter (the parser then
@@ -129,32 +181,12 @@ def _check_complete(ds: Dataset, *, consumed: int, size: int, has_prefix: bool) 
         )
     if has_prefix and len(ds) == 0:
         raise IngestError(ReasonCode.DICOM_TRUNCATED, "file ends before the data set starts")
-    if _ends_inside_header(ds, size):
+    if 0 < last_got < _ELEMENT_HEADER_LENGTH == last_requested:
         raise IngestError(ReasonCode.DICOM_TRUNCATED, "file ends inside an element header")
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         _check_lengths(meta)
     _check_lengths(ds)
-
-
-def _ends_inside_header(ds: Dataset, size: int) -> bool:
-    """True when a few bytes follow the last element: a header the file cut off.
-
-    pydicom silently stops when fewer than 8 bytes remain. Only checked when the last element
-    was read straight from the file (not from a deflated buffer, whose offsets differ).
-    """
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is not None and syntax == DeflatedExplicitVRLittleEndian:
-        return False
-    tags = list(ds.keys())
-    if not tags:
-        return False
-    last = ds.get_item(tags[-1])
-    if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH:
-        return False
-    end = last.value_tell + last.length
-    return 0 < size - end < _MAX_HEADER_LENGTH
 
 
 def _check_lengths(ds: Dataset) -> None:
@@ -179,16 +211,17 @@ def _check_lengths(ds: Dataset) -> None:
 def _convert(ds: Dataset, tag: Any) -> DataElement:
     """Convert one element, mapping parser failures to DICOM_INVALID (or TRUNCATED)."""
     try:
-        return ds[tag]
+        elem: DataElement = ds[tag]
     except (EOFError, struct.error) as exc:
         raise IngestError(ReasonCode.DICOM_TRUNCATED, f"element {tag} is cut short") from exc
     except OSError as exc:
         # pydicom raises OSError("No tag to read ...") for sequences whose items run out.
         raise IngestError(ReasonCode.DICOM_TRUNCATED, f"sequence {tag} is cut short") from exc
-    except Exception as exc:  # noqa: BLE001 - any conversion failure on untrusted input
+    except Exception as exc:  # any other conversion failure on untrusted input
         raise IngestError(
             ReasonCode.DICOM_INVALID, f"element {tag} cannot be parsed ({type(exc).__name__})"
         ) from exc
+    return elem
 
 
 def _parse_all(ds: Dataset) -> None:

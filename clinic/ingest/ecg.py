@@ -58,6 +58,7 @@ __all__ = [
     "MIN_DURATION_S",
     "NAN_MASK_FRACTION",
     "NAN_MAX_GAP_S",
+    "PADDED_FLAG",
     "RECORD_FLAGS_KEY",
     "LeadMatch",
     "canonical_lead",
@@ -311,7 +312,8 @@ def _assess_lead(
     """Repair and judge one lead (mV, source rate); return (lead, flags, usable)."""
     flags: list[str] = []
     if np.isnan(lead).any():
-        flags.append("nan")
+        if np.isnan(lead[:window]).any():  # gaps only in the resampling margin go unflagged
+            flags.append("nan")
         lead, usable = _repair_missing(lead, window, fs)
         if not usable:
             return lead, flags, False
@@ -342,6 +344,14 @@ def _resample(signal: FloatArray, fs: float, target_rate: int) -> FloatArray:
         return signal
     resampled = resample_poly(signal, ratio.numerator, ratio.denominator, axis=0, padtype="line")
     return np.asarray(resampled, dtype=np.float64)
+
+
+def _too_short_error(seconds: float, minimum: float) -> IngestError:
+    """ECG_TOO_SHORT with both lengths, so the threshold in force is visible in quarantine."""
+    return IngestError(
+        ReasonCode.ECG_TOO_SHORT,
+        f"record lasts {seconds:.2f} s; at least {minimum:g} s is required",
+    )
 
 
 def _validate_shapes(signal: FloatArray, lead_names: Sequence[str], units: Sequence[str]) -> None:
@@ -396,10 +406,7 @@ def standardise_ecg(
     scales = _unit_scales(units, selection)
     available_s = signal.shape[0] / fs
     if available_s < min_duration_s:
-        raise IngestError(
-            ReasonCode.ECG_TOO_SHORT,
-            f"record lasts {available_s:.2f} s; at least {min_duration_s:g} s is required",
-        )
+        raise _too_short_error(available_s, min_duration_s)
     window = min(signal.shape[0], math.ceil(duration_s * fs - 1e-9))
     excerpt_len = min(signal.shape[0], math.ceil((duration_s + _RESAMPLE_MARGIN_S) * fs))
     excerpt = signal[:excerpt_len, list(selection.columns)] * scales
@@ -464,6 +471,10 @@ def _wfdb_record_name(record_path: Path) -> Path:
     return path.with_suffix("") if path.suffix.lower() == ".hea" else path
 
 
+# wfdb is imported inside the WFDB functions: it loads pandas (slow, and noisy with
+# deprecation warnings), which DICOM-only callers of this module should not pay for.
+
+
 def _read_wfdb_header(record_name: Path) -> Any:
     """Parse the header with wfdb, turning its many failure types into one refusal.
 
@@ -507,7 +518,7 @@ def _check_wfdb_header(header: Any) -> None:
                 f"header declares {n_sig} signals but its signal lines do not match",
             )
     fs = header.fs
-    if not isinstance(fs, int | float) or not math.isfinite(fs) or fs <= 0:
+    if not _is_number(fs) or fs <= 0:
         raise IngestError(ReasonCode.ECG_HEADER_INVALID, "header sampling rate is invalid")
     for file_name in header.file_name:
         if not file_name or "/" in file_name or "\\" in file_name or file_name == "~":
@@ -519,9 +530,14 @@ def _check_wfdb_header(header: Any) -> None:
             raise IngestError(
                 ReasonCode.ECG_UNSUPPORTED_STORAGE, f"WFDB storage format {_safe_name(str(fmt))!r}"
             )
-    for gain in header.adc_gain:
-        if not math.isfinite(float(gain)) or float(gain) == 0:
+    for gain, baseline in zip(header.adc_gain, header.baseline, strict=True):
+        if not _is_number(gain) or float(gain) == 0 or not _is_number(baseline or 0):
             raise IngestError(ReasonCode.ECG_HEADER_INVALID, "header has an invalid ADC gain")
+
+
+def _is_number(value: object) -> bool:
+    """True for a finite int/float (wfdb leaves unparsed fields as None or strings)."""
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -667,8 +683,12 @@ def read_wfdb_ecg(
     lead_names = [str(name) for name in header.sig_name]
     _select_leads(lead_names)
     fs = float(header.fs)
+    if n_frames is not None and n_frames / fs < min_duration_s:
+        raise _too_short_error(n_frames / fs, min_duration_s)
     wanted = math.ceil((duration_s + _RESAMPLE_MARGIN_S) * fs)
-    to_read = wanted if n_frames is None else min(wanted, n_frames)
+    # wfdb cannot stop early when the header omits the length (rdrecord fails on sampto), so
+    # such records are read whole; standardise_ecg still keeps only the window.
+    to_read = None if header.sig_len is None or n_frames is None else min(wanted, n_frames)
     signals = _read_wfdb_signals(record_name, to_read)
     return standardise_ecg(
         signals,

@@ -47,9 +47,18 @@ _MAX_BAD_CHAR_RATIO = 0.01
 #: Share of NUL bytes in one byte lane that marks UTF-16 text written without a BOM.
 _UTF16_NUL_LANE_RATIO = 0.3
 _ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
-#: Chaos / coherence slack within which charset-normalizer's candidates count as equally good.
-_DETECTION_TOLERANCE = 0.02
 _WESTERN_DEFAULT = "cp1252"
+#: Legacy code pages charset detection may choose from (European Windows code pages).
+_LEGACY_CODEPAGES: tuple[str, ...] = (
+    "cp1252",
+    "iso8859_15",
+    "cp1250",
+    "cp1251",
+    "cp1253",
+    "cp1257",
+)
+#: Share of ASCII bytes above which undetected 8-bit text is still read as cp1252.
+_MIN_ASCII_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -129,30 +138,33 @@ def _decode_utf16_without_bom(data: bytes) -> tuple[str, str] | None:
     return None if text is None else (text, encoding)
 
 
-def _detect_single_byte(data: bytes) -> tuple[str, str]:
-    """Pick a legacy encoding with charset-normalizer, preferring cp1252 among equals.
+def _mostly_ascii(data: bytes) -> bool:
+    """Whether at least :data:`_MIN_ASCII_SHARE` of the bytes are ASCII (Western prose is)."""
+    return sum(byte < 0x80 for byte in data) >= _MIN_ASCII_SHARE * len(data)
 
-    Short reports give charset-normalizer little to go on: for a German sentence with one
-    umlaut, cp1250, cp1252, mac_roman and hp_roman8 all decode "cleanly". Our sources are
-    German / English, so when the cp1252 reading is among the best candidates (same chaos and
-    coherence within a tolerance) it wins; a clearly better candidate (Cyrillic text in cp1251)
-    still wins on evidence. Latin-1 text decodes identically under cp1252 (they differ only in
-    0x80-0x9F, which are control characters in Latin-1).
+
+def _detect_legacy(data: bytes) -> tuple[str, str]:
+    """Pick a legacy 8-bit code page with charset-normalizer, preferring cp1252.
+
+    Detection is restricted to the European Windows code pages: left free, charset-normalizer
+    reads short German reports as hp_roman8, mac_roman or even big5 (PTB-XL's "verlÄngerung"
+    looks like odd casing in cp1252). Our sources are German / English, so the cp1252 reading
+    wins whenever it passes the mess detector; another code page wins only when the cp1252
+    reading fails it (Cyrillic or Greek text). When the detector accepts nothing, mostly-ASCII
+    text that decodes under cp1252 is still taken as cp1252; anything else is refused. Latin-1
+    text decodes identically under cp1252 (they differ only in 0x80-0x9F, control characters in
+    Latin-1).
     """
-    matches = from_bytes(data)
-    best = matches.best()
-    if best is None:
-        raise _undecodable("no text encoding fits (binary content?)")
+    matches = from_bytes(data, cp_isolation=list(_LEGACY_CODEPAGES))
     western = _strict(data, _WESTERN_DEFAULT)
-    if western is not None:
-        for match in matches:
-            if (
-                match.chaos <= best.chaos + _DETECTION_TOLERANCE
-                and match.coherence >= best.coherence - _DETECTION_TOLERANCE
-                and str(match) == western
-            ):
-                return western, _WESTERN_DEFAULT
-    return str(best), _codec_name(str(best.encoding))
+    if western is not None and any(str(match) == western for match in matches):
+        return western, _WESTERN_DEFAULT
+    best = matches.best()
+    if best is not None:
+        return str(best), _codec_name(str(best.encoding))
+    if western is not None and _mostly_ascii(data):
+        return western, _WESTERN_DEFAULT
+    raise _undecodable("no text encoding fits (binary content?)")
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -171,11 +183,11 @@ def decode_text(data: bytes) -> tuple[str, str]:
         decoded = _decode_utf16_without_bom(data)
         if decoded is None:
             data = data.rstrip(b"\x00")  # NUL padding from fixed-size C buffers is harmless
-            if 0 in data:
+            if not data or 0 in data:
                 raise _undecodable("binary content (NUL bytes)")
     if decoded is None:
         utf8 = _strict(data, "utf-8")
-        decoded = (utf8, "utf-8") if utf8 is not None else _detect_single_byte(data)
+        decoded = (utf8, "utf-8") if utf8 is not None else _detect_legacy(data)
     text, encoding = decoded
     if not _looks_like_text(text):
         raise _undecodable("binary content (control characters after decoding)")

@@ -20,7 +20,7 @@ left_ventricular_h.    mild cardiomegaly           QRS voltage                  
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +35,8 @@ CONDITIONS: tuple[str, ...] = (
 LABELS: tuple[str, ...] = (*CONDITIONS, "no_finding")
 MODALITIES: tuple[str, ...] = ("xray", "ecg", "record", "radiology_report", "ecg_report")
 MI_TERRITORIES: tuple[str, ...] = ("anterior", "inferior", "lateral")
+EFFUSION_SIDES: tuple[str, ...] = ("right", "left", "bilateral")
+LOBES: tuple[str, ...] = ("right upper", "right lower", "left upper", "left lower")
 CHRONIC: frozenset[str] = frozenset(
     {"heart_failure", "atrial_fibrillation", "left_ventricular_hypertrophy"}
 )
@@ -82,9 +84,8 @@ class EncounterPlan:
     observed_labels: dict[str, int]
     evidence: dict[str, dict[str, float]]
     modalities: dict[str, bool]
-    mi_territory: str
     heart_rate_bpm: float
-    details: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str]  # mi_territory, effusion_side, consolidation_lobe
 
 
 def _sigmoid(x: float) -> float:
@@ -218,6 +219,10 @@ def plan_encounter(
         observed_labels=observe_labels(rng, conditions, cfg.label_flip),
         evidence=evidence,
         modalities=sample_modalities(rng, cfg),
-        mi_territory=MI_TERRITORIES[int(rng.integers(len(MI_TERRITORIES)))],
         heart_rate_bpm=heart_rate(rng, conditions, evidence["ecg"]),
+        details={
+            "mi_territory": MI_TERRITORIES[int(rng.integers(len(MI_TERRITORIES)))],
+            "effusion_side": EFFUSION_SIDES[int(rng.integers(len(EFFUSION_SIDES)))],
+            "consolidation_lobe": LOBES[int(rng.integers(len(LOBES)))],
+        },
     )

@@ -26,7 +26,6 @@ from clinic.synth.conditions import SynthConfig
 Image = npt.NDArray[np.float32]
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
-LOBES: tuple[str, ...] = ("right upper", "right lower", "left upper", "left lower")
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,12 @@ def smooth_field(rng: np.random.Generator, rows: int, cols: int, cells: int) -> 
 
 
 def render_chest(
-    rng: np.random.Generator, findings: dict[str, float], rows: int, cols: int, view: str
+    rng: np.random.Generator,
+    findings: dict[str, float],
+    details: dict[str, str],
+    rows: int,
+    cols: int,
+    view: str,
 ) -> tuple[Image, dict[str, float | str]]:
     """Render one chest radiograph; return the attenuation image and the geometry it used.
 
@@ -150,7 +154,7 @@ def render_chest(
         below_dome = dome - 0.06 * (1.0 - ((u - cu) / lung_r) ** 2)
         lungs = np.maximum(lungs, lung * _sigmoid((below_dome - v) / 0.006))
     img = _lerp(img, 0.13 + 0.025 * smooth_field(rng, rows, cols, 14), lungs)
-    img = _add_findings(rng, img, u, v, lungs, findings, (lung_dx, lung_r, dome))
+    img = _add_findings(rng, img, u, v, lungs, findings, details, (lung_dx, lung_r, dome))
 
     ribs = _sigmoid((np.cos(2 * np.pi * (v - 1.2 * (u - 0.5) ** 2) / 0.075) - 0.5) / 0.1)
     img = img + 0.06 * ribs * body * _sigmoid((dome - v) / 0.02)
@@ -175,22 +179,24 @@ def _add_findings(
     v: Image,
     lungs: Image,
     findings: dict[str, float],
+    details: dict[str, str],
     anatomy: tuple[float, float, float],
 ) -> Image:
     """Paint effusion, consolidation and edema into the lung fields, scaled by their strength."""
     lung_dx, lung_r, dome = anatomy
     rows, cols = img.shape
     if (s := findings["pleural_effusion"]) > 0:
-        sides = [(-1.0,), (1.0,), (-1.0, 1.0)][int(rng.integers(3))]
-        for side in sides:
+        sides = {"right": (-1.0,), "left": (1.0,), "bilateral": (-1.0, 1.0)}
+        for side in sides[details["effusion_side"]]:  # patient's right is image left
             cu = 0.5 + side * lung_dx
             lateral = np.clip(side * (u - cu) / lung_r, 0.0, 1.0)  # meniscus climbs laterally
             level = dome - 0.05 - 0.18 * s - 0.06 * s * lateral
             near = _sigmoid((lung_r * 1.1 - np.abs(u - cu)) / 0.01)
             img = _lerp(img, 0.5, 0.92 * _sigmoid((v - level) / 0.012) * near * lungs)
     if (s := findings["consolidation"]) > 0:
-        side = -1.0 if rng.random() < 0.55 else 1.0
-        cv = float(rng.choice([0.35, 0.6])) + float(rng.normal(0, 0.03))
+        lobe = details["consolidation_lobe"]
+        side = -1.0 if lobe.startswith("right") else 1.0
+        cv = (0.35 if lobe.endswith("upper") else 0.6) + float(rng.normal(0, 0.03))
         cu = 0.5 + side * (lung_dx + 0.05 + float(rng.normal(0.0, 0.02)))
         blob = _ellipse(u, v, (cu, cv), (0.06 + 0.06 * s, 0.07 + 0.06 * s), 0.2)
         patch = np.clip(0.6 + 0.5 * smooth_field(rng, rows, cols, 24), 0.0, 1.0)
@@ -242,7 +248,7 @@ def build_dataset(image: Image, style: XrayStyle, ident: XrayIdentity) -> Datase
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"] if style.view == "PA" else ["R", "F"]
+    ds.PatientOrientation = ["L", "F"]  # displayed as if facing the patient, both views
     if style.modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ImagerPixelSpacing = [style.pixel_spacing_mm] * 2

@@ -2,10 +2,11 @@
 
 Importers never raise for one bad row, because the engine consumes one lazy iterator and an
 exception would lose every row after it. A row (or one item of a row) that cannot be turned into a
-well-formed item is yielded as an *error item*: an :class:`IngestItem` whose ``fields`` carry
-:data:`IMPORT_ERROR_FIELD` (a :class:`ReasonCode` value) and :data:`IMPORT_ERROR_MESSAGE_FIELD`, so
-the engine can quarantine it under that reason. Layout problems (a required table missing) are
-raised at once as :class:`IngestError` with ``IMPORT_LAYOUT_INVALID``: nothing could be imported.
+well-formed item is yielded as an *error item*: an :class:`IngestItem` flagged with the engine's
+refusal field (``fields["_refusal"] = [reason, message]``, see
+:func:`clinic.ingest.discover.refused_item`), which the engine quarantines under that reason.
+Layout problems (a required table missing) are raised at once as :class:`IngestError` with
+``IMPORT_LAYOUT_INVALID``: nothing could be imported.
 """
 
 from __future__ import annotations
@@ -18,37 +19,20 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+from clinic.ingest.discover import REFUSAL_FIELD
 from clinic.ingest.errors import IngestError, ReasonCode
 from clinic.ingest.types import IngestItem, ItemKind, LabelIn, LabelSource, LabelState
-
-IMPORT_ERROR_FIELD = "import_error"
-IMPORT_ERROR_MESSAGE_FIELD = "import_error_message"
+from schemas.labels import CHEXPERT_OBSERVATIONS
 
 AGE_CAP_YEARS = 90.0
 """HIPAA Safe Harbor aggregates ages over 89 into one "90 or older" category."""
 
 AGE_CAPPED_FIELD = "age_90_or_over"
 
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-
 RowT = TypeVar("RowT")
 
-_MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null"})
+_MISSING_TOKENS = frozenset({"", "nan"})
+_MISSING_NUMBER_TOKENS = frozenset({"na", "n/a", "none", "null", "?"})
 
 
 class RowError(Exception):
@@ -73,16 +57,16 @@ def error_item(
         source=source,
         patient_key=patient_key,
         encounter_key=encounter_key,
-        fields={IMPORT_ERROR_FIELD: error.reason.value, IMPORT_ERROR_MESSAGE_FIELD: error.message},
+        fields={REFUSAL_FIELD: [error.reason.value, error.message]},
     )
 
 
 def import_error_of(item: IngestItem) -> tuple[ReasonCode, str] | None:
-    """The reason and message an importer attached to an error item, or None for a normal item."""
-    reason = item.fields.get(IMPORT_ERROR_FIELD)
-    if reason is None:
+    """The reason and message an error item carries, or None for a normal item."""
+    refusal = item.fields.get(REFUSAL_FIELD)
+    if not refusal:
         return None
-    return ReasonCode(reason), str(item.fields.get(IMPORT_ERROR_MESSAGE_FIELD, ""))
+    return ReasonCode(refusal[0]), str(refusal[1])
 
 
 def guarded(
@@ -170,8 +154,16 @@ def row_source(path: Path, number: int) -> str:
 
 
 def is_missing(raw: str) -> bool:
-    """Whether a cell holds no value (empty, or a NaN/NA spelling some exports use)."""
+    """Whether a cell holds no value: empty, or the "nan" that pandas-written tables contain."""
     return raw.strip().lower() in _MISSING_TOKENS
+
+
+def _is_missing_number(raw: str) -> bool:
+    """Missing for a numeric or boolean column, where "NA", "null" or UCI's "?" also mean empty.
+
+    Kept apart from :func:`is_missing` because in free text "None" is a real answer.
+    """
+    return is_missing(raw) or raw.strip().lower() in _MISSING_NUMBER_TOKENS
 
 
 def parse_float(raw: str, column: str) -> float | None:
@@ -179,7 +171,7 @@ def parse_float(raw: str, column: str) -> float | None:
 
     The message names the column only, never the value, which may be patient data.
     """
-    if is_missing(raw):
+    if _is_missing_number(raw):
         return None
     try:
         value = float(raw)
@@ -192,7 +184,7 @@ def parse_float(raw: str, column: str) -> float | None:
 
 def parse_bool(raw: str, column: str) -> bool | None:
     """TRUE/FALSE, True/False, 1/0, yes/no as a bool; None when empty."""
-    if is_missing(raw):
+    if _is_missing_number(raw):
         return None
     lowered = raw.strip().lower()
     if lowered in {"true", "1", "1.0", "yes", "t", "y"}:

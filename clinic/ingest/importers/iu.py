@@ -27,7 +27,6 @@ from clinic.ingest.importers._common import (
     error_item,
     find_table,
     guarded,
-    is_missing,
     parse_id,
     read_rows,
     require_dir,
@@ -111,7 +110,7 @@ def report_text(values: Mapping[str, str]) -> str:
     lines = [
         f"{title}: {values.get(column, '').strip()}"
         for title, column in SECTIONS
-        if not is_missing(values.get(column, ""))
+        if values.get(column, "").strip()
     ]
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.importers._common import (
@@ -55,9 +55,10 @@ from clinic.ingest.types import (
     LabelState,
     ReportKind,
 )
+from schemas.labels import PTBXL_SUPERCLASSES
 
 DATASET = "ptbxl"
-SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
+SUPERCLASSES: tuple[str, ...] = PTBXL_SUPERCLASSES
 SCP_VOCABULARY = "scp"
 SUPERCLASS_VOCABULARY = "ptbxl_superclass"
 _SEX = {"0": "male", "0.0": "male", "1": "female", "1.0": "female"}
@@ -120,6 +121,7 @@ def _iter_items(
     superclass_of: Mapping[str, str],
 ) -> Iterator[IngestItem]:
     """Four items per row; a row without usable ids yields one error item instead."""
+    labels = partial(labels_item, superclass_of=superclass_of)
     for number, values in rows:
         source = row_source(database, number)
         try:
@@ -127,7 +129,6 @@ def _iter_items(
         except RowError as error:
             yield error_item(ItemKind.ECG, source, error)
             continue
-        labels = partial(labels_item, superclass_of=superclass_of)
         for kind, build in (
             (ItemKind.ECG, ecg_item),
             (ItemKind.RECORD, record_item),
@@ -154,6 +155,10 @@ def choose_record(root: Path, filename_hr: str, filename_lr: str) -> tuple[Path,
     which the engine quarantines as missing.
     """
     candidates = [(name, tag) for name, tag in ((filename_hr, "hr"), (filename_lr, "lr")) if name]
+    for name, _ in candidates:
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise RowError(ReasonCode.IMPORT_ROW_INVALID, "record file name leaves the dataset")
     headers = [(root / f"{name}.hea", root / f"{name}.dat", tag) for name, tag in candidates]
     for header, data, tag in headers:
         if header.is_file() and data.is_file():
