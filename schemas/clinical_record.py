@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
+from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -113,6 +115,8 @@ class FieldSpec(BaseModel):
     conversions: tuple[UnitConversion, ...] = ()
     description: str = ""
 
+    _category_lookup: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _check_consistency(self) -> FieldSpec:
         """Refuse specs that could never validate a value, so errors surface at load time."""
@@ -130,11 +134,15 @@ class FieldSpec(BaseModel):
             raise ValueError(f"field {self.name}: unit conversions only apply to numbers")
         return self
 
-    def category_lookup(self) -> dict[str, str]:
-        """Case-folded spelling → canonical category value (canonical values included)."""
+    def model_post_init(self, context: object, /) -> None:
+        """Build the category lookup once; it is consulted for every row."""
         lookup = {value.casefold(): value for value in self.allowed or ()}
         lookup.update({key.casefold(): value for key, value in self.value_aliases.items()})
-        return lookup
+        self._category_lookup = lookup
+
+    def category_lookup(self) -> Mapping[str, str]:
+        """Case-folded spelling → canonical category value (canonical values included)."""
+        return MappingProxyType(self._category_lookup)
 
 
 class ColumnBinding(BaseModel):

@@ -149,7 +149,7 @@ def _triage(
             {}
             if options.retry_quarantined
             else dict(
-                session.execute(select(QuarantineItem.sha256, QuarantineItem.reason)).tuples()
+                session.execute(select(QuarantineItem.sha256, QuarantineItem.reason)).tuples().all()
             )
         )
     pending: list[tuple[IngestItem, str]] = []

@@ -255,8 +255,8 @@ def _extra_text(text: str) -> JsonValue:
         return folded == "true"
     if _EXTRA_INT.fullmatch(stripped):
         return int(stripped)
-    if _EXTRA_FLOAT.fullmatch(stripped):
-        return float(stripped)
+    if _EXTRA_FLOAT.fullmatch(stripped) and math.isfinite(number := float(stripped)):
+        return number
     return stripped
 
 
@@ -329,18 +329,18 @@ def validate_record(raw: Mapping[str, object], schema: RecordSchema) -> Validate
     warnings: list[str] = []
     for position, (column_raw, value) in enumerate(raw.items()):
         column = str(column_raw)
-        binding = schema.column_role(column)
-        if binding == "id":
+        role = schema.column_role(column)
+        if role == "id":
             continue
-        if binding == "drop":
+        if role == "drop":
             warnings.append(f"column {normalize_column_name(column)!r} dropped: identifier")
             continue
-        if binding is None:
+        if role is None:
             extras[column] = _extra_value(value)
             continue
-        exact = normalize_column_name(column) == binding.field.name
+        exact = normalize_column_name(column) == role.field.name
         priority = position if exact else len(raw) + position
-        cells.setdefault(binding.field.name, []).append((priority, _parse_cell(binding, value)))
+        cells.setdefault(role.field.name, []).append((priority, _parse_cell(role, value)))
     core: dict[str, CoreValue] = {}
     for spec in schema.fields:
         parsed = [item for _priority, item in sorted(cells.get(spec.name, []), key=_first)]
@@ -353,6 +353,7 @@ def _first(item: tuple[int, _Parsed]) -> int:
     return item[0]
 
 
+# --------------------------------------------------------------------------------------------
 # tables
 
 

@@ -46,7 +46,8 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
 _MAX_BAD_CHAR_RATIO = 0.01
 #: Share of NUL bytes in one byte lane that marks UTF-16 text written without a BOM.
 _UTF16_NUL_LANE_RATIO = 0.3
-_ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # all but \t \n \v \f \r
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _WESTERN_DEFAULT = "cp1252"
 #: Legacy code pages charset detection may choose from (European Windows code pages).
 _LEGACY_CODEPAGES: tuple[str, ...] = (
@@ -90,14 +91,15 @@ def _looks_like_text(text: str) -> bool:
 
     Control characters (other than whitespace), unassigned / private-use code points and the
     replacement character do not occur in real reports; more than a trace of them means binary.
+    Only non-ASCII characters need a Unicode category lookup, which keeps this cheap.
     """
     if not text:
         return True
-    bad = sum(
+    bad = len(_ASCII_CONTROLS.findall(text))
+    bad += sum(
         1
-        for ch in text
-        if ch == "\ufffd"
-        or (unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs") and ch not in _ALLOWED_CONTROLS)
+        for ch in _NON_ASCII.findall(text)
+        if ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs")
     )
     return bad <= _MAX_BAD_CHAR_RATIO * len(text)
 
@@ -439,6 +441,24 @@ def _known_pattern(identifiers: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
 
 
+#: (pattern, cheap guard that must match first, replacement). Guards skip the expensive
+#: patterns for the many reports that have no "@", no digits or no date-like digit groups.
+_SCRUB_STEPS: tuple[
+    tuple[re.Pattern[str], re.Pattern[str] | None, Callable[[re.Match[str]], str | None]], ...
+] = (
+    (_EMAIL, re.compile("@"), lambda m: "[EMAIL]"),
+    (_LABELLED_ID, re.compile(r"\d"), lambda m: m["label"] + "[ID]"),
+    (
+        _NUMERIC_DATE,
+        re.compile(r"\d[/.-]\d"),
+        lambda m: "[DATE]" if _valid_numeric_date(m[0]) else None,
+    ),
+    (_NAMED_DATE, re.compile(r"\d{4}"), lambda m: "[DATE]"),
+    (_PHONE, re.compile(r"\d{2}"), lambda m: "[PHONE]" if _phone_like(m[0]) else None),
+    (_TITLED_NAME, None, _titled_name),
+)
+
+
 def scrub_identifiers(text: str, known: Iterable[str] = ()) -> tuple[str, int]:
     """Replace identifiers with placeholders; return the scrubbed text and how many were replaced.
 
@@ -457,17 +477,10 @@ def scrub_identifiers(text: str, known: Iterable[str] = ()) -> tuple[str, int]:
             known_pattern, text, lambda m: "[ID]" if _digits(m[0]) else "[NAME]"
         )
         total += count
-    steps: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], ...] = (
-        (_EMAIL, lambda m: "[EMAIL]"),
-        (_LABELLED_ID, lambda m: m["label"] + "[ID]"),
-        (_NUMERIC_DATE, lambda m: "[DATE]" if _valid_numeric_date(m[0]) else None),
-        (_NAMED_DATE, lambda m: "[DATE]"),
-        (_PHONE, lambda m: "[PHONE]" if _phone_like(m[0]) else None),
-        (_TITLED_NAME, _titled_name),
-    )
-    for pattern, replace in steps:
-        text, count = _substitute(pattern, text, replace)
-        total += count
+    for pattern, guard, replace in _SCRUB_STEPS:
+        if guard is None or guard.search(text):
+            text, count = _substitute(pattern, text, replace)
+            total += count
     return text, total
 
 

@@ -133,7 +133,13 @@ def test_integer_fields_are_rounded_with_a_warning(schema: RecordSchema) -> None
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("F", "female"), ("m", "male"), ("MALE", "male"), (" weiblich ", "female"), ("unknown", "unknown")],
+    [
+        ("F", "female"),
+        ("m", "male"),
+        ("MALE", "male"),
+        (" weiblich ", "female"),
+        ("unknown", "unknown"),
+    ],
 )
 def test_sex_spellings(schema: RecordSchema, value: str, expected: str) -> None:
     assert validate_record({"sex": value}, schema).core["sex"] == expected
@@ -171,6 +177,8 @@ def test_extras_are_kept_and_typed(schema: RecordSchema) -> None:
         "fbs": "TRUE",
         "code": "007",
         "limit": "-inf",
+        "huge": "1e400",
+        "long_id": "12345678901234567890",
         "blank": "",
         "note": " chest pain ",
         "nan": float("nan"),
@@ -185,6 +193,8 @@ def test_extras_are_kept_and_typed(schema: RecordSchema) -> None:
         "fbs": True,
         "code": "007",
         "limit": "-inf",
+        "huge": "1e400",
+        "long_id": "12345678901234567890",
         "blank": None,
         "note": "chest pain",
         "nan": None,
@@ -286,7 +296,7 @@ def test_parquet_round_trip(tmp_path: Path, schema: RecordSchema) -> None:
             "temperature_f": [98.6, 100.4, None],
             "hr": pd.array([72, None, 80], dtype="Int64"),
             "smoker": [True, False, None],
-            "seen_at": pd.to_datetime(["2021-03-12 08:30", None, "2021-03-14 00:00"]),
+            "seen_at": [pd.Timestamp("2021-03-12 08:30"), pd.NaT, pd.Timestamp("2021-03-14")],
             "code": ["007", "x", None],
         }
     )
@@ -310,6 +320,18 @@ def test_parquet_round_trip(tmp_path: Path, schema: RecordSchema) -> None:
     frame.to_csv(csv_path, index=False)
     from_csv = [row.record.core for row in read_record_table(csv_path, schema)]
     assert from_csv == [row.record.core for row in rows]
+
+
+def test_raw_rows_of_parquet_are_text(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"patient_id": ["P1", None], "age": [63.5, None], "flag": [True, None], "n": [1, 2]}
+    )
+    path = tmp_path / "raw.parquet"
+    frame.to_parquet(path, index=False)
+    assert list(read_raw_table(path)) == [
+        (1, {"patient_id": "P1", "age": "63.5", "flag": "true", "n": "1"}),
+        (2, {"patient_id": "", "age": "", "flag": "", "n": "2"}),
+    ]
 
 
 def test_semicolon_latin1_csv(tmp_path: Path, schema: RecordSchema) -> None:
@@ -356,7 +378,9 @@ def test_hostile_patient_id_passes_verbatim(tmp_path: Path, schema: RecordSchema
     assert [row.patient_key for row in rows] == [hostile, 'Robert"); --']
 
 
-def test_rows_without_patient_id_are_yielded_with_none(tmp_path: Path, schema: RecordSchema) -> None:
+def test_rows_without_patient_id_are_yielded_with_none(
+    tmp_path: Path, schema: RecordSchema
+) -> None:
     path = tmp_path / "ids.csv"
     path.write_text("patient_id,encounter_id,age\n,e1,40\n  ,e2,41\nn/a,e3,42\np4,,43\n\n")
     rows = list(read_record_table(path, schema))
