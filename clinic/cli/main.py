@@ -4,8 +4,6 @@ Each command builds :class:`~clinic.settings.Settings` from the environment and 
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

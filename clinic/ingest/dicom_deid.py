@@ -267,6 +267,7 @@ _EMPTY: Final = frozenset(
         "ClinicalTrialSubjectID",
         "ClinicalTrialTimePointID",
         "ContentCreatorName",
+        "ContrastBolusAgent",
         "PatientBirthDate",
         "ReferringPhysicianName",
         "StudyID",

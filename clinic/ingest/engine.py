@@ -34,6 +34,16 @@ from clinic.store.models import AuditEvent, Cohort, IngestRun, QuarantineItem, S
 from clinic.store.store import Store
 
 BATCH_SIZE = 64
+# Workers fork from a server that imported the readers once (scipy, pydicom, wfdb are slow to
+# import); forking the main process instead would copy its threads' locks (progress bar, pools).
+WORKER_PRELOAD = (
+    "clinic.ingest.prepare",
+    "clinic.ingest.ecg",
+    "clinic.ingest.xray",
+    "clinic.ingest.dicom_deid",
+    "clinic.ingest.records",
+    "clinic.ingest.reports",
+)
 BATCH_SECONDS = 1.0
 
 ProgressCallback = Callable[[int, int], None]
@@ -242,7 +252,8 @@ def _outcomes(
         for item, sha in pending:
             yield prepare_item(item, sha, context)
         return
-    pool_context = multiprocessing.get_context("spawn")
+    pool_context = multiprocessing.get_context("forkserver")
+    pool_context.set_forkserver_preload(list(WORKER_PRELOAD))
     with pool_context.Pool(workers, initializer=_init_worker, initargs=(context,)) as pool:
         yield from pool.imap_unordered(_prepare_in_worker, pending, chunksize=2)
 

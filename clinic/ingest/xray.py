@@ -21,7 +21,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -36,10 +36,22 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 
 from clinic.ingest.errors import IngestError, ReasonCode
@@ -78,6 +90,25 @@ _NON_IMAGE_MODALITIES: Final = frozenset(
 _MONOCHROME: Final = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _SUPPORTED_BITS_ALLOCATED: Final = frozenset({8, 16, 32})
 _WINDOW_FUNCTIONS: Final = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+# Plugin order per compressed transfer syntax (pydicom's default tries GDCM first everywhere).
+# GDCM is left out for JPEG 2000: on a corrupt codestream it throws a C++ exception that nothing
+# catches and the whole process aborts (seen with python-gdcm 3.2.6). Pillow's libjpeg-turbo and
+# CharLS come before GDCM because they are widely fuzzed; GDCM is the only JPEG Lossless decoder
+# here (pylibjpeg-libjpeg is GPL-3.0 and deliberately not installed).
+_PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
+    JPEGBaseline8Bit: ("pillow", "gdcm"),
+    JPEGExtended12Bit: ("pillow", "gdcm"),
+    JPEGLossless: ("gdcm",),
+    JPEGLosslessSV1: ("gdcm",),
+    JPEGLSLossless: ("pyjpegls", "gdcm"),
+    JPEGLSNearLossless: ("pyjpegls", "gdcm"),
+    JPEG2000Lossless: ("pylibjpeg", "pillow"),
+    JPEG2000: ("pylibjpeg", "pillow"),
+    HTJ2KLossless: ("pylibjpeg",),
+    HTJ2KLosslessRPCL: ("pylibjpeg",),
+    HTJ2K: ("pylibjpeg",),
+    RLELossless: ("pylibjpeg", "pydicom"),
+}
 _NATIVE_SYNTAXES: Final = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian}
 )
@@ -100,6 +131,15 @@ _AGE_PATTERN: Final = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 _AGE_UNIT_YEARS: Final = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 _LUMA: Final = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights Pillow's "L" conversion uses
 _RASTER_FORMATS: Final = {"PNG": "png", "JPEG": "jpeg"}
+
+
+class _PluginsFailedError(Exception):
+    """Every plugin tried for a transfer syntax raised; ``failures`` maps plugin to exception."""
+
+    def __init__(self, failures: dict[str, Exception]) -> None:
+        names = ", ".join(name or "pydicom default" for name in failures)
+        super().__init__(f"every decoding plugin failed ({names})")
+        self.failures = failures
 
 
 class _DecodeTimeoutError(BaseException):
@@ -310,6 +350,8 @@ def _decode_with_limit(ds: Dataset, syntax: UID, *, timeout_s: float) -> npt.NDA
     try:
         with _time_limit(timeout_s):
             return _decode_pixels(ds, syntax)
+    except IngestError:
+        raise
     except _DecodeTimeoutError as exc:
         raise IngestError(
             ReasonCode.DICOM_DECODE_TIMEOUT, f"decoding took longer than {timeout_s:g} s"
@@ -320,21 +362,44 @@ def _decode_with_limit(ds: Dataset, syntax: UID, *, timeout_s: float) -> npt.NDA
                 ReasonCode.DICOM_UNSUPPORTED_TRANSFER_SYNTAX,
                 f"no installed plugin supports this {syntax.name} variant",
             ) from exc
+        detail = str(exc) if isinstance(exc, _PluginsFailedError) else type(exc).__name__
         raise IngestError(
-            ReasonCode.DICOM_DECODE_FAILED,
-            f"{syntax.name} decoding failed ({type(exc).__name__})",
+            ReasonCode.DICOM_DECODE_FAILED, f"{syntax.name} decoding failed: {detail}"
         ) from exc
 
 
 def _decode_pixels(ds: Dataset, syntax: UID) -> npt.NDArray[Any]:
-    """Decode the stored values (no LUTs), trying pydicom's plugins in its own order.
+    """Decode the stored values (no LUTs), trying the preferred plugins for ``syntax`` in order.
 
-    Same as ``pydicom.pixels.pixel_array(ds)`` but also works for data sets read without file
-    meta, whose transfer syntax comes from the encoding they were read with.
+    Same as ``pydicom.pixels.pixel_array(ds)`` but with this module's plugin order, and it also
+    works for data sets read without file meta (transfer syntax taken from their encoding).
     """
     decoder = get_decoder(syntax)
-    arr, _ = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
-    return np.asarray(arr)
+    options = as_pixel_options(ds)
+    failures: dict[str, Exception] = {}
+    for plugin in _plugins_for(syntax, decoder.available_plugins):
+        try:
+            arr, _ = decoder.as_array(ds, validate=True, decoding_plugin=plugin, **options)
+        except Exception as exc:  # try the next plugin, as pydicom itself would
+            failures[plugin] = exc
+            continue
+        return np.asarray(arr)
+    raise _PluginsFailedError(failures)
+
+
+def _plugins_for(syntax: UID, available: Iterable[str]) -> list[str]:
+    """The plugins to try for ``syntax``: ours in preference order, or pydicom's choice ("")."""
+    preferred = _PLUGIN_PREFERENCE.get(syntax)
+    if preferred is None:
+        return [""]
+    installed = set(available)
+    plugins = [name for name in preferred if name in installed]
+    if not plugins:
+        raise IngestError(
+            ReasonCode.DICOM_UNSUPPORTED_TRANSFER_SYNTAX,
+            f"no safe decoding plugin installed for {syntax.name}",
+        )
+    return plugins
 
 
 def _all_plugins_unsupported(exc: Exception) -> bool:
@@ -342,9 +407,14 @@ def _all_plugins_unsupported(exc: Exception) -> bool:
 
     pydicom reports this only in its RuntimeError text, one "name: reason" line per plugin.
     """
-    if not isinstance(exc, RuntimeError):
+    if not isinstance(exc, _PluginsFailedError) or not exc.failures:
         return False
-    reasons = [line for line in str(exc).splitlines()[1:] if line.strip()]
+    reasons = [
+        line
+        for failure in exc.failures.values()
+        for line in str(failure).splitlines()[1:]
+        if line.strip()
+    ]
     return bool(reasons) and all("does not support" in line for line in reasons)
 
 

@@ -45,7 +45,9 @@ def _tasks(out: Path, patients: int, seed: int, config: SynthConfig) -> list[Pat
     ids = draw_patient_ids(rng, patients)
     numbers = draw_encounter_numbers(rng, 2 * patients)
     return [
-        PatientTask(out, seed, i, ids[i], (numbers[2 * i], numbers[2 * i + 1]), patient_seqs[i], config)  # fmt: skip
+        PatientTask(
+            out, seed, i, ids[i], (numbers[2 * i], numbers[2 * i + 1]), patient_seqs[i], config
+        )
         for i in range(patients)
     ]
 
@@ -69,7 +71,9 @@ def _summarise(results: list[PatientOutput]) -> tuple[dict[str, int], dict[str, 
             files = latent["files"]
             if "xray" in files:
                 formats[f"xray_{files['xray']['compression']}"] += 1
-                formats["xray_monochrome1" if files["xray"]["monochrome1"] else "xray_monochrome2"] += 1  # fmt: skip
+                formats[
+                    "xray_monochrome1" if files["xray"]["monochrome1"] else "xray_monochrome2"
+                ] += 1
             if "ecg" in files:
                 formats[f"ecg_{files['ecg']['format']}"] += 1
             for kind, info in files["reports"].items():

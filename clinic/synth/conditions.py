@@ -5,16 +5,16 @@ other's odds (heart failure follows AF, MI and LVH; effusion follows heart failu
 pneumonia). Each condition then leaves *evidence* of a per-encounter strength in [0, 1] in some
 modalities only, and sometimes none at all (``p_silent``), so that no modality sees everything:
 
-=====================  ==========================  ===========================  ==========================
-condition              radiograph                  ECG                          record
-=====================  ==========================  ===========================  ==========================
-heart_failure          cardiomegaly, edema         (only via AF / MI / LVH)     BNP, SpO2
-atrial_fibrillation    (none)                      irregular RR, f-waves        heart rate
-myocardial_infarction  (none)                      ST elevation, Q waves        troponin
-pneumonia              consolidation               (none)                       WBC, CRP, temperature, SpO2
-pleural_effusion       blunted angle / opacity     (none)                       SpO2
-left_ventricular_h.    mild cardiomegaly           QRS voltage                  blood pressure
-=====================  ==========================  ===========================  ==========================
+=====================  =======================  =====================  ====================
+condition              radiograph               ECG                    record
+=====================  =======================  =====================  ====================
+heart_failure          cardiomegaly, edema      (via AF / MI / LVH)    BNP, SpO2
+atrial_fibrillation    (none)                   irregular RR, f-waves  heart rate
+myocardial_infarction  (none)                   ST elevation, Q waves  troponin
+pneumonia              consolidation            (none)                 WBC, CRP, temp, SpO2
+pleural_effusion       blunted angle / opacity  (none)                 SpO2
+left_ventricular_h.    mild cardiomegaly        QRS voltage            blood pressure
+=====================  =======================  =====================  ====================
 """
 
 from __future__ import annotations
@@ -124,13 +124,19 @@ def sample_conditions(
         return int(_bernoulli(rng, _sigmoid(logit)))
 
     c: dict[str, int] = {}
-    c["left_ventricular_hypertrophy"] = draw("left_ventricular_hypertrophy", -3.3 + 0.3 * a + 0.4 * male + 1.3 * htn)  # fmt: skip
+    c["left_ventricular_hypertrophy"] = draw(
+        "left_ventricular_hypertrophy", -3.3 + 0.3 * a + 0.4 * male + 1.3 * htn
+    )
     c["atrial_fibrillation"] = draw("atrial_fibrillation", -2.9 + 0.6 * a + 0.3 * male + 0.5 * htn)
-    c["myocardial_infarction"] = draw("myocardial_infarction", -3.3 + 0.35 * a + 0.6 * male + 0.5 * smoke + 0.5 * dm)  # fmt: skip
+    c["myocardial_infarction"] = draw(
+        "myocardial_infarction", -3.3 + 0.35 * a + 0.6 * male + 0.5 * smoke + 0.5 * dm
+    )
     hf = -3.0 + 0.35 * a + 1.5 * c["atrial_fibrillation"] + 1.8 * c["myocardial_infarction"]
     c["heart_failure"] = draw("heart_failure", hf + 1.3 * c["left_ventricular_hypertrophy"])
     c["pneumonia"] = draw("pneumonia", -2.3 + 0.15 * a + 0.5 * smoke + 0.5 * c["heart_failure"])
-    c["pleural_effusion"] = draw("pleural_effusion", -3.0 + 0.1 * a + 2.0 * c["heart_failure"] + 1.6 * c["pneumonia"])  # fmt: skip
+    c["pleural_effusion"] = draw(
+        "pleural_effusion", -3.0 + 0.1 * a + 2.0 * c["heart_failure"] + 1.6 * c["pneumonia"]
+    )
     return {name: c[name] for name in CONDITIONS}
 
 
@@ -194,7 +200,9 @@ def observe_labels(
 
 def heart_rate(rng: np.random.Generator, c: dict[str, int], ev: dict[str, float]) -> float:
     """Resting rate: fast when AF shows, a little faster with heart failure or pneumonia."""
-    bpm = rng.normal(74.0, 10.0) + 30.0 * ev["af"] + 6.0 * c["heart_failure"] + 10.0 * c["pneumonia"]
+    bpm = (
+        rng.normal(74.0, 10.0) + 30.0 * ev["af"] + 6.0 * c["heart_failure"] + 10.0 * c["pneumonia"]
+    )
     return float(np.clip(bpm, 45.0, 165.0))
 
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import wfdb
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from clinic.ingest.types import STANDARD_LEADS
 
@@ -79,7 +79,9 @@ def beat_onsets(rng: np.random.Generator, bpm: float, af: float) -> npt.NDArray[
     return np.asarray(onsets)
 
 
-def beat_waves(rng: np.random.Generator, ev: dict[str, float], territory: str, bpm: float) -> list[Wave]:  # fmt: skip
+def beat_waves(
+    rng: np.random.Generator, ev: dict[str, float], territory: str, bpm: float
+) -> list[Wave]:
     """The waves of one beat for this patient; disease edits amplitudes and adds components."""
     qt = 0.4 * np.sqrt(60.0 / bpm)
     axis = rng.normal(0.0, 0.15, size=3)
@@ -115,7 +117,8 @@ def _wave_series(t: Signal, onsets: Signal, wave: Wave) -> Signal:
         rise = 0.5 * (1.0 + np.tanh(dt / (2.0 * wave.width_s)))
         fall = 0.5 * (1.0 - np.tanh((dt - (wave.plateau_end_s - wave.center_s)) / 0.06))
         shape = rise * fall
-    return wave.amplitude_mv * shape.sum(axis=0)
+    series: Signal = wave.amplitude_mv * shape.sum(axis=0)
+    return series
 
 
 def heart_dipole(
@@ -129,7 +132,8 @@ def heart_dipole(
         dipole += _unit(wave.direction)[:, None] * _wave_series(t, onsets, wave)[None, :]
     if (af := ev["af"]) > 0:
         f_waves = sum(
-            float(rng.uniform(0.02, 0.05)) * np.sin(2 * np.pi * rng.uniform(4.0, 8.0) * t + rng.uniform(0, 6.3))  # fmt: skip
+            float(rng.uniform(0.02, 0.05))
+            * np.sin(2 * np.pi * rng.uniform(4.0, 8.0) * t + rng.uniform(0, 6.3))
             for _ in range(3)
         )
         dipole += _unit((-0.3, 0.5, 0.8))[:, None] * (af * np.asarray(f_waves))[None, :]
@@ -139,7 +143,9 @@ def heart_dipole(
 def _noise(rng: np.random.Generator, n: int, fs: int) -> Signal:
     """Electrode noise: white noise, baseline wander, and mains hum on some recordings."""
     t = np.arange(n) / fs
-    wander = rng.uniform(0.02, 0.12) * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 6.3))  # fmt: skip
+    wander = rng.uniform(0.02, 0.12) * np.sin(
+        2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 6.3)
+    )
     hum = 0.01 * np.sin(2 * np.pi * 50.0 * t) if rng.random() < 0.2 else 0.0
     return rng.normal(0.0, 0.015, n) + wander + hum
 
@@ -156,7 +162,14 @@ def project_leads(rng: np.random.Generator, dipole: Signal, fs: int) -> Signal:
         for a, gain in PRECORDIAL
     ]
     lead_ii = lead_i + lead_iii
-    limb = [lead_i, lead_ii, lead_iii, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2, lead_ii - lead_i / 2]  # fmt: skip
+    limb = [
+        lead_i,
+        lead_ii,
+        lead_iii,
+        -(lead_i + lead_ii) / 2,
+        lead_i - lead_ii / 2,
+        lead_ii - lead_i / 2,
+    ]
     return np.vstack([*limb, *chest])
 
 
@@ -205,7 +218,9 @@ def _code(value: str, scheme: str, meaning: str, version: str | None = None) -> 
 def _channel(codes: tuple[str, str, str], scheme: str, sensitivity_uv: float) -> Dataset:
     """One ChannelDefinitionSequence item, shaped like those of real 12-lead DICOM ECGs."""
     scp, mdc, meaning = codes
-    source = _code(scp, "SCPECG", meaning, "1.3") if scheme == "SCPECG" else _code(mdc, "MDC", meaning)  # fmt: skip
+    source = (
+        _code(scp, "SCPECG", meaning, "1.3") if scheme == "SCPECG" else _code(mdc, "MDC", meaning)
+    )
     ch = Dataset()
     ch.ChannelSourceSequence = Sequence([source])
     ch.ChannelSensitivity = f"{sensitivity_uv:g}"
@@ -233,8 +248,8 @@ def write_dicom_ecg(
     """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ECG_12_LEAD_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = header["SOPInstanceUID"]
+    ds.file_meta.MediaStorageSOPClassUID = UID(ECG_12_LEAD_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(header["SOPInstanceUID"])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -257,5 +272,6 @@ def write_dicom_ecg(
     group.WaveformBitsAllocated = 16
     group.WaveformSampleInterpretation = "SS"
     group.WaveformData = np.ascontiguousarray(digital.T).astype("<i2").tobytes()  # C1S1, C2S1, ...
+    ds.AcquisitionContextSequence = Sequence()  # type 2: present, may be empty
     ds.WaveformSequence = Sequence([group])
     ds.save_as(path, enforce_file_format=True)

@@ -54,8 +54,8 @@ def encounter_id(number: int) -> str:
 
 def person_name(rng: np.random.Generator, sex: str) -> str:
     """A DICOM PN value, ``Family^Given``, from the small synthetic lists."""
-    given = FEMALE_NAMES if sex == "female" else MALE_NAMES
-    return f"{FAMILY_NAMES[int(rng.integers(len(FAMILY_NAMES)))]}^{given[int(rng.integers(len(given)))]}"
+    family = pick(rng, FAMILY_NAMES)
+    return f"{family}^{pick(rng, FEMALE_NAMES if sex == 'female' else MALE_NAMES)}"
 
 
 def pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:

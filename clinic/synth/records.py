@@ -35,16 +35,24 @@ def _vitals(rng: np.random.Generator, demo: Demographics, plan: EncounterPlan) -
     male = demo.sex == "male"
     height = rng.normal(176.0 if male else 163.0, 7.0) - 0.05 * max(plan.age_years - 50.0, 0.0)
     sbp = (
-        122.0 + 0.35 * (plan.age_years - 60.0) + 16.0 * demo.hypertension
-        + 8.0 * c["left_ventricular_hypertrophy"] + rng.normal(0.0, 13.0)
-    )  # fmt: skip
+        122.0
+        + 0.35 * (plan.age_years - 60.0)
+        + 16.0 * demo.hypertension
+        + 8.0 * c["left_ventricular_hypertrophy"]
+        + rng.normal(0.0, 13.0)
+    )
     return {
         "height_cm": height,
-        "weight_kg": demo.bmi * (height / 100.0) ** 2 + 3.0 * c["heart_failure"] + rng.normal(0, 1.5),  # fmt: skip
+        "weight_kg": demo.bmi * (height / 100.0) ** 2
+        + 3.0 * c["heart_failure"]
+        + rng.normal(0, 1.5),
         "heart_rate_bpm": plan.heart_rate_bpm + rng.normal(0.0, 4.0),
         "systolic_bp_mmhg": sbp,
         "diastolic_bp_mmhg": 0.55 * sbp + 12.0 + rng.normal(0.0, 7.0),
-        "respiratory_rate_per_min": 15.0 + 6.0 * ev["inflammation"] + 7.0 * ev["hypoxia"] + rng.normal(0, 2),  # fmt: skip
+        "respiratory_rate_per_min": 15.0
+        + 6.0 * ev["inflammation"]
+        + 7.0 * ev["hypoxia"]
+        + rng.normal(0, 2),
         "temperature_c": 36.8 + 1.7 * ev["inflammation"] + rng.normal(0.0, 0.3),
         "spo2_percent": min(100.0, 97.5 - 9.0 * ev["hypoxia"] + rng.normal(0.0, 1.3)),
     }
@@ -55,8 +63,20 @@ def _labs(rng: np.random.Generator, plan: EncounterPlan) -> dict[str, float]:
     ev, c = plan.evidence["record"], plan.conditions
     age = (plan.age_years - 60.0) / 10.0
     return {
-        "bnp_pg_ml": math.exp(math.log(45.0) + 0.2 * age + 2.7 * ev["bnp"] + 0.6 * c["atrial_fibrillation"] + rng.normal(0.0, 0.6)),  # fmt: skip
-        "troponin_ng_l": math.exp(math.log(7.0) + 0.1 * age + 3.2 * ev["troponin"] + 0.4 * c["heart_failure"] + rng.normal(0.0, 0.5)),  # fmt: skip
+        "bnp_pg_ml": math.exp(
+            math.log(45.0)
+            + 0.2 * age
+            + 2.7 * ev["bnp"]
+            + 0.6 * c["atrial_fibrillation"]
+            + rng.normal(0.0, 0.6)
+        ),
+        "troponin_ng_l": math.exp(
+            math.log(7.0)
+            + 0.1 * age
+            + 3.2 * ev["troponin"]
+            + 0.4 * c["heart_failure"]
+            + rng.normal(0.0, 0.5)
+        ),
         "wbc_10e9_l": max(1.5, 7.0 + 8.0 * ev["inflammation"] + rng.normal(0.0, 1.8)),
         "crp_mg_l": math.exp(math.log(3.0) + 3.5 * ev["inflammation"] + rng.normal(0.0, 0.8)),
     }
@@ -64,8 +84,14 @@ def _labs(rng: np.random.Generator, plan: EncounterPlan) -> dict[str, float]:
 
 def _format(column: str, value: float) -> str:
     """Round like a lab system would: integers for counts and pressures, one decimal else."""
-    integer_columns = {"heart_rate_bpm", "systolic_bp_mmhg", "diastolic_bp_mmhg",
-                       "respiratory_rate_per_min", "spo2_percent", "bnp_pg_ml"}  # fmt: skip
+    integer_columns = {
+        "heart_rate_bpm",
+        "systolic_bp_mmhg",
+        "diastolic_bp_mmhg",
+        "respiratory_rate_per_min",
+        "spo2_percent",
+        "bnp_pg_ml",
+    }
     return str(round(value)) if column in integer_columns else f"{value:.1f}"
 
 
@@ -91,8 +117,12 @@ def record_row(
 ) -> dict[str, str]:
     """The CSV row (strings; blanks for missing) for one encounter."""
     values = {**_vitals(rng, demo, plan), **_labs(rng, plan)}
-    row = {"patient_id": patient_id, "encounter_id": plan.encounter_id,
-           "age_years": str(int(plan.age_years)), "sex": demo.sex}  # fmt: skip
+    row = {
+        "patient_id": patient_id,
+        "encounter_id": plan.encounter_id,
+        "age_years": str(int(plan.age_years)),
+        "sex": demo.sex,
+    }
     row |= {k: _format(k, v) for k, v in values.items()}
     row["smoker"] = "yes" if demo.smoker else "no"
     row["diabetes"] = "yes" if demo.diabetes else "no"

@@ -85,7 +85,8 @@ ECG: dict[str, Phrases] = {
         "pos": ("Left ventricular hypertrophy by voltage criteria.",
                 "LVH with secondary repolarization abnormality.",
                 "Increased QRS voltage consistent with LVH."),
-        "hedged": ("Borderline voltage criteria for LVH.", "Possible left ventricular hypertrophy."),
+        "hedged": ("Borderline voltage criteria for LVH.",
+                   "Possible left ventricular hypertrophy."),
         "neg": ("No LVH by voltage criteria.",),
     },
 }  # fmt: skip
@@ -95,7 +96,11 @@ ECG_IMPRESSION: dict[str, tuple[str, ...]] = {
     "q_waves": ("Old {territory} infarct.",),
     "lvh_voltage": ("Left ventricular hypertrophy.", "LVH."),
 }
-TERRITORY_LEADS = {"anterior": "V1-V4", "inferior": "II, III and aVF", "lateral": "I, aVL, V5 and V6"}  # fmt: skip
+TERRITORY_LEADS = {
+    "anterior": "V1-V4",
+    "inferior": "II, III and aVF",
+    "lateral": "I, aVL, V5 and V6",
+}
 
 
 def apply_errors(
@@ -157,17 +162,22 @@ def radiology_report(
             continue
         findings.append(_sentence_case(pick(rng, phrases[verdict]).format(**slots)))
         if verdict == "pos":
-            impression.append(_sentence_case(pick(rng, RADIOLOGY_IMPRESSION[name]).format(**slots)))  # fmt: skip
+            impression.append(_sentence_case(pick(rng, RADIOLOGY_IMPRESSION[name]).format(**slots)))
         elif verdict == "hedged":
             impression.append(_sentence_case(pick(rng, phrases["hedged"]).format(**slots)))
     if not findings:
         findings.append("Lungs are clear. Heart and mediastinum are unremarkable.")
     if not impression:
-        impression.append(pick(rng, ("No acute cardiopulmonary process.",
-                                     "No acute cardiopulmonary abnormality.")))  # fmt: skip
+        impression.append(
+            pick(
+                rng, ("No acute cardiopulmonary process.", "No acute cardiopulmonary abnormality.")
+            )
+        )
     title = f"CHEST RADIOGRAPH, {view} VIEW"
     body = ["FINDINGS:", " ".join(findings), "", "IMPRESSION:", *impression, ""]
-    return "\n".join([*_header(patient_line, title, indication), *body, f"Reported by: Dr. {signer}", ""])  # fmt: skip
+    return "\n".join(
+        [*_header(patient_line, title, indication), *body, f"Reported by: Dr. {signer}", ""]
+    )
 
 
 def ecg_report(
@@ -180,11 +190,23 @@ def ecg_report(
     signer: str,
 ) -> str:
     """INDICATION / FINDINGS / IMPRESSION for a resting 12-lead ECG, with measured intervals."""
-    sinus = "Sinus tachycardia" if rate_bpm > 100 else "Sinus bradycardia" if rate_bpm < 60 else pick(rng, ("Normal sinus rhythm", "Sinus rhythm"))  # fmt: skip
-    slots = {"rate": str(rate_bpm), "sinus": sinus, "territory": territory,
-             "leads": TERRITORY_LEADS[territory]}  # fmt: skip
-    findings = [f"Ventricular rate {rate_bpm} bpm. QRS duration {int(rng.integers(84, 104))} ms. "
-                f"QTc {int(rng.integers(400, 460))} ms."]  # fmt: skip
+    sinus = (
+        "Sinus tachycardia"
+        if rate_bpm > 100
+        else "Sinus bradycardia"
+        if rate_bpm < 60
+        else pick(rng, ("Normal sinus rhythm", "Sinus rhythm"))
+    )
+    slots = {
+        "rate": str(rate_bpm),
+        "sinus": sinus,
+        "territory": territory,
+        "leads": TERRITORY_LEADS[territory],
+    }
+    findings = [
+        f"Ventricular rate {rate_bpm} bpm. QRS duration {int(rng.integers(84, 104))} ms. "
+        f"QTc {int(rng.integers(400, 460))} ms."
+    ]
     impression = []
     for name, phrases in ECG.items():
         verdict = grade(rng, seen[name])
@@ -200,7 +222,14 @@ def ecg_report(
     impression = [_sentence_case(s) for s in impression]
     impression.insert(0, "Abnormal ECG." if impression else "Normal ECG.")
     body = ["FINDINGS:", " ".join(findings), "", "IMPRESSION:", *impression, ""]
-    return "\n".join([*_header(patient_line, "RESTING 12-LEAD ECG", indication), *body, f"Reported by: Dr. {signer}", ""])  # fmt: skip
+    return "\n".join(
+        [
+            *_header(patient_line, "RESTING 12-LEAD ECG", indication),
+            *body,
+            f"Reported by: Dr. {signer}",
+            "",
+        ]
+    )
 
 
 def indication(rng: np.random.Generator, conditions: dict[str, int], exam: str) -> str:

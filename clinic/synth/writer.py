@@ -47,7 +47,16 @@ from clinic.synth.identity import (
 from clinic.synth.records import RECORD_COLUMNS, record_row
 
 MANIFEST_COLUMNS = ("patient_id", "encounter_id", "kind", "path", "report_kind")
-LABEL_COLUMNS = ("patient_id", "encounter_id", "label", "value", "state", "uncertainty", "source", "vocabulary")  # fmt: skip
+LABEL_COLUMNS = (
+    "patient_id",
+    "encounter_id",
+    "label",
+    "value",
+    "state",
+    "uncertainty",
+    "source",
+    "vocabulary",
+)
 SUBDIRS = ("xray", "ecg", "reports")
 Row = dict[str, str]
 
@@ -96,51 +105,53 @@ def _display_name(pn: str) -> str:
     return f"{given} {family}"
 
 
-def _dicom_header(task: PatientTask, person: Person, plan: EncounterPlan, exam: str, rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
-    """Identifying header values for one DICOM object (all derived from the seed)."""
-    day = study_day(plan.day_offset)
-    uid = lambda part: dicom_uid(task.seed, person.patient_id, plan.encounter_id, exam, part)  # noqa: E731
+def _dicom_header(
+    task: PatientTask, person: Person, plan: EncounterPlan, exam: str, rng: np.random.Generator
+) -> dict[str, str]:
+    """Identifying header values (DICOM keyword -> value) for one object, derived from the seed."""
+
+    def uid(part: str) -> str:
+        return dicom_uid(task.seed, person.patient_id, plan.encounter_id, exam, part)
+
     return {
         "PatientID": person.patient_id,
         "PatientName": person.name,
         "PatientBirthDate": dicom_date(person.birth_date),
         "PatientSex": "F" if person.demo.sex == "female" else "M",
-        "StudyDate": dicom_date(day),
+        "PatientAge": f"{int(plan.age_years):03d}Y",
+        "OtherPatientIDs": f"OLD{int(rng.integers(10**6, 10**7))}",
+        "StudyDate": dicom_date(study_day(plan.day_offset)),
         "AccessionNumber": f"ACC{int(rng.integers(10**8, 10**9))}",
         "InstitutionName": pick(rng, INSTITUTIONS),
         "ReferringPhysicianName": pick(rng, PHYSICIANS),
-        "OtherPatientIDs": f"OLD{int(rng.integers(10**6, 10**7))}",
         "StudyInstanceUID": uid("study"),
         "SeriesInstanceUID": uid("series"),
         "SOPInstanceUID": uid("instance"),
     }
 
 
-def _write_xray(task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, stem: str) -> dict[str, Any]:  # fmt: skip
+def _write_xray(
+    task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, stem: str
+) -> dict[str, Any]:
     """Render and write the radiograph; return what the latent file should know about it."""
     style = xray.sample_style(rng, task.config)
     image, geometry = xray.render_chest(
         rng, plan.evidence["xray"], plan.details, style.rows, style.cols, style.view
     )
-    h = _dicom_header(task, person, plan, "xray", rng)
-    ident = xray.XrayIdentity(
-        patient_id=h["PatientID"], patient_name=h["PatientName"], sex=person.demo.sex,
-        birth_date=h["PatientBirthDate"], age_years=int(plan.age_years), study_date=h["StudyDate"],
-        accession=h["AccessionNumber"], institution=h["InstitutionName"],
-        referring_physician=h["ReferringPhysicianName"], other_patient_id=h["OtherPatientIDs"],
-        study_uid=h["StudyInstanceUID"], series_uid=h["SeriesInstanceUID"],
-        instance_uid=h["SOPInstanceUID"],
-    )  # fmt: skip
     path = f"xray/{stem}.dcm"
-    xray.write_xray(task.out / path, image, style, ident)
+    xray.write_xray(task.out / path, image, style, _dicom_header(task, person, plan, "xray", rng))
     return {"path": path, **asdict(style), **geometry}
 
 
-def _write_ecg(task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, stem: str) -> dict[str, Any]:  # fmt: skip
+def _write_ecg(
+    task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, stem: str
+) -> dict[str, Any]:
     """Simulate and write the ECG as WFDB (most) or DICOM waveform; return its latent facts."""
     as_dicom = rng.random() < task.config.ecg_dicom_share
     fs = 500 if as_dicom else int(rng.choice([500, 250, 1000], p=[0.8, 0.1, 0.1]))
-    leads = ecg.simulate_ecg(rng, plan.evidence["ecg"], plan.details["mi_territory"], plan.heart_rate_bpm, fs)  # fmt: skip
+    leads = ecg.simulate_ecg(
+        rng, plan.evidence["ecg"], plan.details["mi_territory"], plan.heart_rate_bpm, fs
+    )
     if as_dicom:
         sensitivity_uv = float(rng.choice([1.25, 2.5, 5.0]))
         digital = ecg.quantise(leads, 1000.0 / sensitivity_uv)
@@ -162,56 +173,95 @@ def _patient_line(rng: np.random.Generator, person: Person) -> str | None:
     if rng.random() >= 0.4:
         return None
     formats = ("Patient: {name}  MRN: {mrn}", "Patient: {name} ({mrn})", "Patient: {pn}, ID {mrn}")
-    return pick(rng, formats).format(name=_display_name(person.name), pn=person.name, mrn=person.patient_id)  # fmt: skip
+    return pick(rng, formats).format(
+        name=_display_name(person.name), pn=person.name, mrn=person.patient_id
+    )
 
 
 def _write_report(task: PatientTask, rng: np.random.Generator, path: str, text: str) -> str:
     """Write a report, Latin-1 encoded for a small share; return the encoding used."""
     encoding = "latin-1" if rng.random() < task.config.latin1_report_share else "utf-8"
     if encoding == "latin-1":  # make the encoding observable: a signer with accents
-        text = text.replace("Reported by: Dr. ", "Reported by: Dr. Jürgen Müller, countersigned Dr. ")  # fmt: skip
+        text = text.replace(
+            "Reported by: Dr. ", "Reported by: Dr. Jürgen Müller, countersigned Dr. "
+        )
     (task.out / path).write_bytes(text.encode(encoding))
     return encoding
 
 
-def _write_reports(task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, stem: str, view: str) -> dict[str, Any]:  # fmt: skip
-    """Radiology and ECG reports as planned; each reads its modality's evidence, with errors."""
+def _radiology_report(
+    task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator, view: str
+) -> tuple[str, dict[str, list[str]]]:
+    """The radiologist reads the film's evidence (with the occasional miss or invention)."""
+    seen, errors = reports.apply_errors(rng, plan.evidence["xray"], task.config.report_error)
+    slots = reports.effusion_slots(seen["pleural_effusion"], plan.details["effusion_side"])
+    slots["lobe"] = plan.details["consolidation_lobe"]
+    why = reports.indication(rng, plan.conditions, "radiology")
+    signer = _display_name(pick(rng, PHYSICIANS))
+    text = reports.radiology_report(rng, seen, slots, view, why, _patient_line(rng, person), signer)
+    return text, errors
+
+
+def _ecg_report(
+    task: PatientTask, person: Person, plan: EncounterPlan, rng: np.random.Generator
+) -> tuple[str, dict[str, list[str]]]:
+    """The cardiologist reads the tracing's evidence and measures the rate."""
+    seen, errors = reports.apply_errors(rng, plan.evidence["ecg"], task.config.report_error)
+    rate = round(plan.heart_rate_bpm + float(rng.normal(0.0, 2.0)))
+    why = reports.indication(rng, plan.conditions, "ecg")
+    signer = _display_name(pick(rng, PHYSICIANS))
+    territory = plan.details["mi_territory"]
+    text = reports.ecg_report(rng, seen, territory, rate, why, _patient_line(rng, person), signer)
+    return text, errors
+
+
+def _write_reports(
+    task: PatientTask,
+    person: Person,
+    plan: EncounterPlan,
+    rng: np.random.Generator,
+    stem: str,
+    view: str,
+) -> dict[str, Any]:
+    """Write the planned reports; return path, errors and encoding per report kind."""
     written: dict[str, Any] = {}
-    if plan.modalities["radiology_report"]:
-        seen, errors = reports.apply_errors(rng, plan.evidence["xray"], task.config.report_error)
-        slots = {**reports.effusion_slots(seen["pleural_effusion"], plan.details["effusion_side"]),
-                 "lobe": plan.details["consolidation_lobe"]}  # fmt: skip
-        text = reports.radiology_report(
-            rng, seen, slots, view, reports.indication(rng, plan.conditions, "radiology"),
-            _patient_line(rng, person), _display_name(pick(rng, PHYSICIANS)),
-        )  # fmt: skip
-        path = f"reports/{stem}_radiology.txt"
-        written["radiology"] = {"path": path, "errors": errors, "encoding": _write_report(task, rng, path, text)}  # fmt: skip
-    if plan.modalities["ecg_report"]:
-        seen, errors = reports.apply_errors(rng, plan.evidence["ecg"], task.config.report_error)
-        rate = round(plan.heart_rate_bpm + float(rng.normal(0.0, 2.0)))
-        text = reports.ecg_report(
-            rng, seen, plan.details["mi_territory"], rate,
-            reports.indication(rng, plan.conditions, "ecg"),
-            _patient_line(rng, person), _display_name(pick(rng, PHYSICIANS)),
-        )  # fmt: skip
-        path = f"reports/{stem}_ecg.txt"
-        written["ecg"] = {"path": path, "errors": errors, "encoding": _write_report(task, rng, path, text)}  # fmt: skip
+    for kind in ("radiology", "ecg"):
+        if not plan.modalities[f"{kind}_report"]:
+            continue
+        if kind == "radiology":
+            text, errors = _radiology_report(task, person, plan, rng, view)
+        else:
+            text, errors = _ecg_report(task, person, plan, rng)
+        path = f"reports/{stem}_{kind}.txt"
+        encoding = _write_report(task, rng, path, text)
+        written[kind] = {"path": path, "errors": errors, "encoding": encoding}
     return written
 
 
 def _label_rows(patient_id: str, plan: EncounterPlan) -> list[Row]:
     """One observed (noisy) label row per condition and no_finding."""
     return [
-        {"patient_id": patient_id, "encounter_id": plan.encounter_id, "label": name,
-         "value": str(plan.observed_labels[name]),
-         "state": "positive" if plan.observed_labels[name] else "negative",
-         "uncertainty": "", "source": "ground_truth", "vocabulary": "synth"}
+        {
+            "patient_id": patient_id,
+            "encounter_id": plan.encounter_id,
+            "label": name,
+            "value": str(plan.observed_labels[name]),
+            "state": "positive" if plan.observed_labels[name] else "negative",
+            "uncertainty": "",
+            "source": "ground_truth",
+            "vocabulary": "synth",
+        }
         for name in LABELS
-    ]  # fmt: skip
+    ]
 
 
-def _write_encounter(task: PatientTask, person: Person, plan: EncounterPlan, seq: np.random.SeedSequence, out: PatientOutput) -> None:  # fmt: skip
+def _write_encounter(
+    task: PatientTask,
+    person: Person,
+    plan: EncounterPlan,
+    seq: np.random.SeedSequence,
+    out: PatientOutput,
+) -> None:
     """Write every planned file of one encounter and append its rows to ``out``.
 
     Each modality draws from its own child generator, so changing one renderer leaves the
@@ -223,10 +273,10 @@ def _write_encounter(task: PatientTask, person: Person, plan: EncounterPlan, seq
     files: dict[str, Any] = {}
     if plan.modalities["xray"]:
         files["xray"] = _write_xray(task, person, plan, r_xray, stem)
-        out.manifest.append({**ids, "kind": "xray", "path": files["xray"]["path"], "report_kind": ""})  # fmt: skip
+        out.manifest.append({**ids, "kind": "xray", "path": files["xray"]["path"]})
     if plan.modalities["ecg"]:
         files["ecg"] = _write_ecg(task, person, plan, r_ecg, stem)
-        out.manifest.append({**ids, "kind": "ecg", "path": files["ecg"]["path"], "report_kind": ""})  # fmt: skip
+        out.manifest.append({**ids, "kind": "ecg", "path": files["ecg"]["path"]})
     view = files["xray"]["view"] if "xray" in files else pick(r_report, ("PA", "AP"))
     files["reports"] = _write_reports(task, person, plan, r_report, stem, view)
     for kind, info in files["reports"].items():
@@ -237,7 +287,9 @@ def _write_encounter(task: PatientTask, person: Person, plan: EncounterPlan, seq
     out.latent.append(_latent(task, person, plan, files))
 
 
-def _latent(task: PatientTask, person: Person, plan: EncounterPlan, files: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _latent(
+    task: PatientTask, person: Person, plan: EncounterPlan, files: dict[str, Any]
+) -> dict[str, Any]:
     """The oracle's view of one encounter: truth, evidence strengths, and what was written."""
     return {
         "patient_id": person.patient_id,
@@ -245,8 +297,12 @@ def _latent(task: PatientTask, person: Person, plan: EncounterPlan, files: dict[
         "patient_index": task.index,
         "age_years": round(plan.age_years, 2),
         "sex": person.demo.sex,
-        "risk_factors": {"smoker": person.demo.smoker, "diabetes": person.demo.diabetes,
-                         "hypertension": person.demo.hypertension, "bmi": round(person.demo.bmi, 1)},  # fmt: skip
+        "risk_factors": {
+            "smoker": person.demo.smoker,
+            "diabetes": person.demo.diabetes,
+            "hypertension": person.demo.hypertension,
+            "bmi": round(person.demo.bmi, 1),
+        },
         "conditions": plan.conditions,
         "observed_labels": plan.observed_labels,
         "evidence": plan.evidence,
@@ -265,11 +321,25 @@ def write_patient(task: PatientTask) -> PatientOutput:
     first_day = int(rng.integers(0, 8 * 365))
     birth = study_day(first_day) - dt.timedelta(days=int(demo.age_years * 365.25))
     person = Person(task.patient_id, person_name(rng, demo.sex), birth, demo)
-    plans = [plan_encounter(rng, demo, task.config, encounter_id(task.encounter_numbers[0]), first_day, 0.0, None)]  # fmt: skip
+    plans = [
+        plan_encounter(
+            rng, demo, task.config, encounter_id(task.encounter_numbers[0]), first_day, 0.0, None
+        )
+    ]
     if rng.random() < task.config.second_encounter:
         gap = int(rng.integers(30, 720))
         carried = {k: v for k, v in plans[0].conditions.items() if k != "no_finding"}
-        plans.append(plan_encounter(rng, demo, task.config, encounter_id(task.encounter_numbers[1]), first_day + gap, gap / 365.25, carried))  # fmt: skip
+        plans.append(
+            plan_encounter(
+                rng,
+                demo,
+                task.config,
+                encounter_id(task.encounter_numbers[1]),
+                first_day + gap,
+                gap / 365.25,
+                carried,
+            )
+        )
     out = PatientOutput()
     for plan, seq in zip(plans, encounter_seqs, strict=False):
         _write_encounter(task, person, plan, seq, out)
@@ -277,22 +347,27 @@ def write_patient(task: PatientTask) -> PatientOutput:
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[Row]) -> None:
+    """UTF-8 CSV with '\n' line ends; missing keys are written blank."""
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n", restval="")
         writer.writeheader()
         writer.writerows(rows)
 
 
 def write_tables(out: Path, results: list[PatientOutput]) -> dict[str, Path]:
     """records.csv, labels.csv, latent.jsonl and manifest.csv, in patient order."""
-    paths = {name: out / name for name in ("records.csv", "labels.csv", "latent.jsonl", "manifest.csv")}  # fmt: skip
+    paths = {
+        name: out / name for name in ("records.csv", "labels.csv", "latent.jsonl", "manifest.csv")
+    }
     _write_csv(paths["records.csv"], RECORD_COLUMNS, [r for p in results for r in p.records])
     _write_csv(paths["labels.csv"], LABEL_COLUMNS, [r for p in results for r in p.labels])
     with paths["latent.jsonl"].open("w", encoding="utf-8") as f:
         for row in (r for p in results for r in p.latent):
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
     manifest = [r for p in results for r in p.manifest]
-    manifest += [{"patient_id": "", "encounter_id": "", "kind": kind, "path": name, "report_kind": ""}
-                 for kind, name in (("record", "records.csv"), ("labels", "labels.csv"))]  # fmt: skip
+    manifest += [
+        {"kind": "record", "path": "records.csv"},
+        {"kind": "labels", "path": "labels.csv"},
+    ]
     _write_csv(paths["manifest.csv"], MANIFEST_COLUMNS, manifest)
     return paths

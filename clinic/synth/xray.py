@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
@@ -23,6 +25,7 @@ from pydicom.uid import (
 
 from clinic.synth.conditions import SynthConfig
 
+Field = npt.NDArray[np.floating[Any]]  # working arrays (float32 at run time)
 Image = npt.NDArray[np.float32]
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -41,25 +44,6 @@ class XrayStyle:
     compression: str  # "none" | "rle" | "j2k"
     rescale: tuple[float, float] | None  # (slope, intercept)
     pixel_spacing_mm: float
-
-
-@dataclass(frozen=True)
-class XrayIdentity:
-    """Header identifiers (synthetic PHI) and UIDs for one radiograph."""
-
-    patient_id: str
-    patient_name: str
-    sex: str
-    birth_date: str
-    age_years: int
-    study_date: str
-    accession: str
-    institution: str
-    referring_physician: str
-    other_patient_id: str
-    study_uid: str
-    series_uid: str
-    instance_uid: str
 
 
 def sample_style(rng: np.random.Generator, cfg: SynthConfig) -> XrayStyle:
@@ -92,24 +76,26 @@ def sample_style(rng: np.random.Generator, cfg: SynthConfig) -> XrayStyle:
     )
 
 
-def _sigmoid(x: Image) -> Image:
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+def _sigmoid(x: Field) -> Field:
+    """Logistic function via tanh (no overflow), kept in float32."""
+    y: Field = (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+    return y
 
 
 def _ellipse(
-    u: Image, v: Image, center: tuple[float, float], radii: tuple[float, float], edge: float
-) -> Image:
+    u: Field, v: Field, center: tuple[float, float], radii: tuple[float, float], edge: float
+) -> Field:
     """Soft ellipse mask: 1 inside, 0 outside, a sigmoid of width ``edge`` at the rim."""
     r = np.sqrt(((u - center[0]) / radii[0]) ** 2 + ((v - center[1]) / radii[1]) ** 2)
     return _sigmoid((1.0 - r) / edge)
 
 
-def _lerp(base: Image, target: float | Image, weight: Image) -> Image:
+def _lerp(base: Field, target: float | Field, weight: Field) -> Field:
     """Blend ``base`` towards ``target`` where ``weight`` (0..1) says so."""
     return (base + (target - base) * weight).astype(np.float32)
 
 
-def _interp_matrix(n_out: int, n_in: int) -> Image:
+def _interp_matrix(n_out: int, n_in: int) -> Field:
     """Linear-interpolation weights (n_out, n_in) to stretch a coarse axis to a fine one."""
     pos = np.linspace(0.0, n_in - 1.0, n_out)
     lo = np.clip(np.floor(pos).astype(int), 0, n_in - 2)
@@ -120,7 +106,7 @@ def _interp_matrix(n_out: int, n_in: int) -> Image:
     return m
 
 
-def smooth_field(rng: np.random.Generator, rows: int, cols: int, cells: int) -> Image:
+def smooth_field(rng: np.random.Generator, rows: int, cols: int, cells: int) -> Field:
     """Smooth random texture: a coarse normal grid stretched bilinearly (two small matmuls)."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
     return _interp_matrix(rows, cells) @ coarse @ _interp_matrix(cols, cells).T
@@ -174,14 +160,14 @@ def render_chest(
 
 def _add_findings(
     rng: np.random.Generator,
-    img: Image,
-    u: Image,
-    v: Image,
-    lungs: Image,
+    img: Field,
+    u: Field,
+    v: Field,
+    lungs: Field,
     findings: dict[str, float],
     details: dict[str, str],
     anatomy: tuple[float, float, float],
-) -> Image:
+) -> Field:
     """Paint effusion, consolidation and edema into the lung fields, scaled by their strength."""
     lung_dx, lung_r, dome = anatomy
     rows, cols = img.shape
@@ -207,47 +193,42 @@ def _add_findings(
     return img
 
 
-def _stored_pixels(image: Image, style: XrayStyle) -> npt.NDArray[np.uint8 | np.uint16]:
+def _stored_pixels(image: Image, style: XrayStyle) -> npt.NDArray[np.unsignedinteger[Any]]:
     """Quantise to BitsStored; MONOCHROME1 stores the inverse (white = low values)."""
     top = float(2**style.bits_stored - 1)
     values = np.rint(image * top)
     if style.monochrome1:
         values = top - values
-    return values.astype(np.uint8 if style.bits_stored == 8 else np.uint16)
+    stored: npt.NDArray[np.unsignedinteger[Any]]
+    stored = values.astype(np.uint8 if style.bits_stored == 8 else np.uint16)
+    return stored
 
 
-def build_dataset(image: Image, style: XrayStyle, ident: XrayIdentity) -> Dataset:
-    """A DX (For Presentation) or CR dataset with file meta, PHI-bearing header and pixels."""
+def build_dataset(image: Image, style: XrayStyle, header: dict[str, str]) -> Dataset:
+    """A DX (For Presentation) or CR dataset with file meta, pixels and the given header.
+
+    ``header`` maps DICOM keywords to values: the synthetic PHI and UIDs of this radiograph.
+    """
+    sop_class = DX_FOR_PRESENTATION if style.modality == "DX" else CR_IMAGE
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION if style.modality == "DX" else CR_IMAGE  # fmt: skip
-    ds.file_meta.MediaStorageSOPInstanceUID = ident.instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(header["SOPInstanceUID"])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ident.instance_uid
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ident.study_date
+    ds.SOPClassUID = sop_class
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    ds.SeriesDate = ds.ContentDate = header["StudyDate"]
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
-    ds.AccessionNumber = ident.accession
     ds.Modality = style.modality
     ds.Manufacturer = "clinic-synth"
-    ds.InstitutionName = ident.institution
-    ds.ReferringPhysicianName = ident.referring_physician
-    ds.PatientName = ident.patient_name
-    ds.PatientID = ident.patient_id
-    ds.PatientBirthDate = ident.birth_date
-    ds.PatientSex = "F" if ident.sex == "female" else "M"
-    ds.PatientAge = f"{ident.age_years:03d}Y"
-    ds.OtherPatientIDs = ident.other_patient_id
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = style.view
-    ds.StudyInstanceUID = ident.study_uid
-    ds.SeriesInstanceUID = ident.series_uid
     ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
+    ds.SeriesNumber = ds.InstanceNumber = 1
     ds.PatientOrientation = ["L", "F"]  # displayed as if facing the patient, both views
     if style.modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
@@ -276,9 +257,9 @@ def _set_display(ds: Dataset, style: XrayStyle) -> None:
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
 
 
-def write_xray(path: Path, image: Image, style: XrayStyle, ident: XrayIdentity) -> None:
+def write_xray(path: Path, image: Image, style: XrayStyle, header: dict[str, str]) -> None:
     """Write the file (preamble + meta), compressed with RLE or JPEG 2000 Lossless if chosen."""
-    ds = build_dataset(image, style, ident)
+    ds = build_dataset(image, style, header)
     if style.compression != "none":
         codec = RLELossless if style.compression == "rle" else JPEG2000Lossless
         ds.compress(codec, generate_instance_uid=False)

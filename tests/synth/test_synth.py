@@ -75,18 +75,20 @@ def read_ecg(path: Path) -> tuple[Array, float]:
 
 
 def rr_irregularity(lead_ii: Array, fs: float) -> float:
-    """Coefficient of variation of RR intervals from a slope-based R-peak detector."""
-    slope = np.abs(np.diff(lead_ii))
-    peaks, _ = find_peaks(slope, height=0.45 * np.percentile(slope, 99.5), distance=int(0.28 * fs))
+    """Coefficient of variation of RR intervals from a Pan-Tompkins-like R-peak detector:
+    10 ms smoothing, squared slope, 80 ms integration, peaks at least 250 ms apart."""
+    smooth = np.convolve(lead_ii, np.ones(max(1, int(0.01 * fs))), mode="same")
+    energy = np.convolve(np.diff(smooth) ** 2, np.ones(int(0.08 * fs)), mode="same")
+    peaks, _ = find_peaks(energy, height=0.3 * np.percentile(energy, 99), distance=int(0.25 * fs))
     rr = np.diff(peaks) / fs
     return float(np.std(rr) / np.mean(rr))
 
 
 def displayed(ds: pydicom.Dataset) -> Array:
     """Pixels scaled to [0, 1] with white = dense, whatever the photometric interpretation."""
-    arr = ds.pixel_array.astype(np.float64)
+    arr = np.asarray(ds.pixel_array, dtype=np.float64)
     lo, hi = np.percentile(arr, [1, 99])
-    img = np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    img: Array = np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
     return 1.0 - img if ds.PhotometricInterpretation == "MONOCHROME1" else img
 
 
@@ -157,9 +159,19 @@ def test_xray_dicoms_decode_with_varied_storage(cohort: SynthSummary) -> None:
         assert path.read_bytes()[128:132] == b"DICM"
         ds = pydicom.dcmread(path)
         assert ds.PatientID == row["patient_id"]
-        for keyword in ("PatientName", "PatientBirthDate", "AccessionNumber", "InstitutionName",
-                        "ReferringPhysicianName", "OtherPatientIDs", "StudyDate",
-                        "StudyInstanceUID", "WindowCenter", "WindowWidth", "PixelSpacing"):  # fmt: skip
+        for keyword in (
+            "PatientName",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "InstitutionName",
+            "ReferringPhysicianName",
+            "OtherPatientIDs",
+            "StudyDate",
+            "StudyInstanceUID",
+            "WindowCenter",
+            "WindowWidth",
+            "PixelSpacing",
+        ):
             assert keyword in ds, keyword
         assert ds.BodyPartExamined == "CHEST"
         assert ds.ViewPosition in {"PA", "AP"}
@@ -219,7 +231,7 @@ def test_records_csv(cohort: SynthSummary) -> None:
         return bool(
             (temp and float(temp) > 45)
             or (height and float(height) < 3)
-            or (spo2 and float(spo2) > 100)  # fmt: skip
+            or (spo2 and float(spo2) > 100)
         )
 
     assert 0 < sum(map(broken, rows)) < 0.1 * len(rows)
@@ -246,13 +258,24 @@ def test_reports_have_sections_negation_hedging_and_two_encodings(cohort: SynthS
 
 def test_labels_are_noisy_but_close_to_truth(cohort: SynthSummary) -> None:
     rows = read_csv(cohort.labels)
-    assert list(rows[0]) == ["patient_id", "encounter_id", "label", "value", "state",
-                             "uncertainty", "source", "vocabulary"]  # fmt: skip
+    assert list(rows[0]) == [
+        "patient_id",
+        "encounter_id",
+        "label",
+        "value",
+        "state",
+        "uncertainty",
+        "source",
+        "vocabulary",
+    ]
     assert {r["label"] for r in rows} == set(LABELS)
     assert {(r["value"], r["state"]) for r in rows} == {("1", "positive"), ("0", "negative")}
     t = truth(cohort)
-    flips = [int(r["value"]) != t[(r["patient_id"], r["encounter_id"])][r["label"]]
-             for r in rows if r["label"] in CONDITIONS]  # fmt: skip
+    flips = [
+        int(r["value"]) != t[(r["patient_id"], r["encounter_id"])][r["label"]]
+        for r in rows
+        if r["label"] in CONDITIONS
+    ]
     assert 0 < np.mean(flips) < 0.08
 
 
@@ -260,10 +283,15 @@ def test_labels_are_noisy_but_close_to_truth(cohort: SynthSummary) -> None:
 
 
 def test_prevalence_is_plausible(cohort: SynthSummary) -> None:
-    bands = {"heart_failure": (0.04, 0.28), "atrial_fibrillation": (0.04, 0.25),
-             "myocardial_infarction": (0.02, 0.18), "pneumonia": (0.04, 0.22),
-             "pleural_effusion": (0.03, 0.2), "left_ventricular_hypertrophy": (0.04, 0.25),
-             "no_finding": (0.4, 0.75)}  # fmt: skip
+    bands = {
+        "heart_failure": (0.04, 0.28),
+        "atrial_fibrillation": (0.04, 0.25),
+        "myocardial_infarction": (0.02, 0.18),
+        "pneumonia": (0.04, 0.22),
+        "pleural_effusion": (0.03, 0.2),
+        "left_ventricular_hypertrophy": (0.04, 0.25),
+        "no_finding": (0.4, 0.75),
+    }
     conditions = list(truth(cohort).values())
     for name, (lo, hi) in bands.items():
         share = np.mean([c[name] for c in conditions])
@@ -275,8 +303,12 @@ def test_prevalence_is_plausible(cohort: SynthSummary) -> None:
 def test_missingness_and_at_least_one_modality(cohort: SynthSummary) -> None:
     rows = latent(cohort)
     with_xray = [r for r in rows if r["modalities"]["xray"]]
-    configured = {"xray": (0.25, rows), "ecg": (0.2, rows), "record": (0.1, rows),
-                  "radiology_report": (0.3, with_xray)}  # fmt: skip
+    configured = {
+        "xray": (0.25, rows),
+        "ecg": (0.2, rows),
+        "record": (0.1, rows),
+        "radiology_report": (0.3, with_xray),
+    }
     for modality, (share, among) in configured.items():
         absent = np.mean([not r["modalities"][modality] for r in among])
         tolerance = 4 * math.sqrt(share * (1 - share) / len(among))  # four standard errors
