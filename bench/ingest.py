@@ -41,6 +41,12 @@ def raw_wfdb(path: Path) -> None:
     wfdb.rdrecord(str(path.with_suffix("")))
 
 
+def read_all(raw: Callable[[Path], None], files: list[Path]) -> int:
+    for path in files:
+        raw(path)
+    return len(files)
+
+
 def best_time(action: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -78,7 +84,7 @@ def ingest_time(files: list[Path], kind: ItemKind, work: Path, repeat: int) -> f
 def measure(
     files: list[Path], kind: ItemKind, raw: Callable[[Path], None], work: Path, repeat: int
 ) -> dict[str, float]:
-    raw_seconds = best_time(lambda: [raw(p) for p in files], repeat)
+    raw_seconds = best_time(lambda: read_all(raw, files), repeat)
     ingest_seconds = ingest_time(files, kind, work, repeat)
     return {
         "files": len(files),

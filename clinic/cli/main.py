@@ -4,6 +4,7 @@ Each command builds :class:`~clinic.settings.Settings` from the environment and 
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -78,9 +79,10 @@ def run_ingest(
     return summary
 
 
-def _collect(items_iterable: object) -> list[IngestItem]:
+def _collect(items_iterable: Iterable[IngestItem]) -> list[IngestItem]:
+    """Materialise items; a manifest or layout that cannot be read stops with its reason."""
     try:
-        return list(items_iterable)  # type: ignore[call-overload]
+        return list(items_iterable)
     except IngestError as error:
         typer.echo(f"error: {error.reason.value}: {error.message}", err=True)
         raise typer.Exit(2) from error

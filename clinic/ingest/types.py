@@ -105,7 +105,7 @@ class SourceIdentity:
 class DecodedXray:
     """A radiograph ready for the store.
 
-    ``pixels``: (H, W) float32 in [0, 1] as displayed (MONOCHROME1 already inverted, window applied).
+    ``pixels``: (H, W) float32 in [0, 1] as displayed (MONOCHROME1 inverted, window applied).
     ``raw_sha256``: sha256 of the raw stored pixel array bytes (before any LUT) — a content key for
     the image independent of header edits. ``attributes``: DICOM keywords kept as they are
     (Modality, ViewPosition, PhotometricInterpretation, BitsStored, PixelSpacing, Rows, Columns,

@@ -128,7 +128,7 @@ def test_mixed_folder_is_ingested_linked_and_idempotent(
             .where(CohortMember.cohort_id == cohort.id)
         )
         assert members == 3  # A/1, B/1 and the injection patient's encounter
-        assert session.scalar(select(func.count()).select_from(AuditEvent)) >= 3
+        assert (session.scalar(select(func.count()).select_from(AuditEvent)) or 0) >= 3
     assert "patients" in inspect(store.engine).get_table_names()
 
 

@@ -1,0 +1,1 @@
+"""Batch pipelines that compose ``clinic``: thin, typed, runnable locally (Ray comes later)."""
