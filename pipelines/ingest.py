@@ -18,7 +18,7 @@ def run_ingestion(
     paths: list[Path],
     *,
     manifest: Path | None = None,
-    options: IngestOptions = IngestOptions(),
+    options: IngestOptions | None = None,
 ) -> IngestSummary:
     """Ingest ``paths`` (and ``manifest``) into the store ``settings`` describe."""
     settings.check()
@@ -27,6 +27,6 @@ def run_ingestion(
         items += list(iter_manifest_items(manifest))
     store = Store.open(settings)
     try:
-        return ingest(store, items, options)
+        return ingest(store, items, options or IngestOptions())
     finally:
         store.close()
