@@ -17,6 +17,10 @@ kept) are replaced by a keyed hash: ``2.25.<int>`` where the integer is an RFC 9
 built from HMAC-SHA256(uid_secret, uid). The same source UID therefore always maps to the same new
 UID, so a study keeps one Study Instance UID across its files and references stay consistent.
 
+Free-text annotations (Text Value, Unformatted Text Value) are removed too: ECG machines put the
+interpretation there, but also "confirmed by" lines naming the reader. Read them from the original
+data set before de-identifying if they are needed.
+
 Pixel data is never touched: burned-in annotations (BurnedInAnnotation = YES) are not cleaned here.
 """
 
@@ -161,9 +165,13 @@ _REMOVE: Final = frozenset(
         "OtherPatientNames",
         "ParticipantSequence",
         "PatientAddress",
+        "PatientAlternativeCalendar",
+        "PatientBirthDateInAlternativeCalendar",
         "PatientBirthName",
         "PatientBirthTime",
         "PatientComments",
+        "PatientDeathDateInAlternativeCalendar",
+        "PatientInstitutionResidence",
         "PatientInsurancePlanCodeSequence",
         "PatientMotherBirthName",
         "PatientPrimaryLanguageCodeSequence",
@@ -198,6 +206,8 @@ _REMOVE: Final = frozenset(
         "ProtocolName",
         "ReasonForStudy",
         "ReasonForTheImagingServiceRequest",
+        "ReasonForVisit",
+        "ReasonForVisitCodeSequence",
         "ReferencedDigitalSignatureSequence",
         "ReferencedPatientAliasSequence",
         "ReferencedPatientPhotoSequence",
@@ -248,6 +258,8 @@ _REMOVE: Final = frozenset(
         "StudyIDIssuer",
         "TextComments",
         "TextString",
+        "TextValue",
+        "UnformattedTextValue",
         "TimezoneOffsetFromUTC",
         "TopicAuthor",
         "TopicKeywords",

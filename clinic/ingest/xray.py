@@ -442,20 +442,26 @@ def _time_limit(seconds: float) -> Iterator[None]:
         yield
         return
 
+    active = [True]  # cleared on the way out, so a late alarm cannot raise outside the block
+
     def _on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise _DecodeTimeoutError
+        if active[0]:
+            raise _DecodeTimeoutError
 
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     started = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_delay > 0:
-            remaining = max(outer_delay - (time.monotonic() - started), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, remaining, outer_interval)
+        try:
+            active[0] = False
+        finally:  # runs even when the alarm fires just before the line above
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer_delay > 0:
+                remaining = max(outer_delay - (time.monotonic() - started), 1e-3)
+                signal.setitimer(signal.ITIMER_REAL, remaining, outer_interval)
 
 
 def _render(
@@ -514,12 +520,10 @@ def _first_window(ds: Dataset) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         return None
     function = _text(ds, "VOILUTFunction") or "LINEAR"
-    if function not in _WINDOW_FUNCTIONS or not (
-        math.isfinite(center_f) and math.isfinite(width_f)
-    ):
-        return None
+    finite = math.isfinite(center_f) and math.isfinite(width_f)
     # PS3.3 C.11.2.1.2: LINEAR needs a width of at least 1, the other functions a positive one.
-    if width_f < 1.0 if function == "LINEAR" else width_f <= 0.0:
+    wide_enough = width_f >= 1.0 if function == "LINEAR" else width_f > 0.0
+    if function not in _WINDOW_FUNCTIONS or not finite or not wide_enough:
         return None
     return center_f, width_f
 
@@ -634,7 +638,7 @@ def read_raster_xray(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
         image = Image.open(path)
     except IngestError:
         raise
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise IngestError(ReasonCode.IMAGE_DECODE_FAILED, "not a decodable image") from exc
     except Image.DecompressionBombError as exc:
         raise IngestError(ReasonCode.IMAGE_DIMENSIONS_ABSURD, "image is absurdly large") from exc
@@ -676,7 +680,7 @@ def read_raster_xray(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
 
 
 def _raster_format(image: Image.Image) -> str:
-    """ "png" or "jpeg"; UNKNOWN_FORMAT for other images Pillow recognises (GIF, TIFF...)."""
+    """Return "png" or "jpeg"; UNKNOWN_FORMAT for other images Pillow knows (GIF, TIFF...)."""
     fmt = _RASTER_FORMATS.get(image.format or "")
     if fmt is None:
         raise IngestError(ReasonCode.UNKNOWN_FORMAT, f"{image.format} is not PNG or JPEG")

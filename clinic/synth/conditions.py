@@ -165,9 +165,9 @@ def sample_evidence(rng: np.random.Generator, c: dict[str, int]) -> dict[str, di
             "lvh_voltage": _strength(rng, lvh, 0.3),
         },
         "record": {
-            "bnp": _strength(rng, hf, 0.1),
-            "troponin": _strength(rng, mi, 0.15),
-            "inflammation": _strength(rng, pna, 0.15),
+            "bnp": _strength(rng, hf, 0.15),
+            "troponin": _strength(rng, mi, 0.25),
+            "inflammation": _strength(rng, pna, 0.2),
             "hypoxia": max(
                 _strength(rng, pna, 0.4), _strength(rng, hf, 0.5), _strength(rng, eff, 0.5)
             ),

@@ -66,7 +66,8 @@ def _unit(v: tuple[float, float, float]) -> npt.NDArray[np.float64]:
 
 def beat_onsets(rng: np.random.Generator, bpm: float, af: float) -> npt.NDArray[np.float64]:
     """QRS onset times: irregularly irregular in AF, sinus with respiration and rare PACs else."""
-    mean_rr, t, onsets = 60.0 / bpm, -float(rng.uniform(0.0, 60.0 / bpm)), []
+    mean_rr = 60.0 / bpm
+    t, onsets = -float(rng.uniform(0.0, mean_rr)), []
     premature = set(rng.integers(2, 12, size=2).tolist()) if rng.random() < 0.12 else set()
     while t < DURATION_S + 0.5:
         onsets.append(t)
@@ -130,22 +131,25 @@ def heart_dipole(
     dipole = np.zeros((3, t.size))
     for wave in beat_waves(rng, ev, territory, bpm):
         dipole += _unit(wave.direction)[:, None] * _wave_series(t, onsets, wave)[None, :]
-    if (af := ev["af"]) > 0:
-        f_waves = sum(
-            float(rng.uniform(0.02, 0.05))
-            * np.sin(2 * np.pi * rng.uniform(4.0, 8.0) * t + rng.uniform(0, 6.3))
-            for _ in range(3)
-        )
-        dipole += _unit((-0.3, 0.5, 0.8))[:, None] * (af * np.asarray(f_waves))[None, :]
+    if (af := ev["af"]) > 0:  # fibrillatory baseline, largest towards V1
+        f_waves = np.sum([_random_sine(rng, t, (0.02, 0.05), (4.0, 8.0)) for _ in range(3)], axis=0)
+        dipole += _unit((-0.3, 0.5, 0.8))[:, None] * (af * f_waves)[None, :]
     return dipole
+
+
+def _random_sine(
+    rng: np.random.Generator, t: Signal, amplitude: tuple[float, float], hz: tuple[float, float]
+) -> Signal:
+    """A sinusoid of random amplitude, frequency and phase (f-waves, baseline wander)."""
+    a, f, phase = rng.uniform(*amplitude), rng.uniform(*hz), rng.uniform(0.0, 2 * np.pi)
+    wave: Signal = a * np.sin(2 * np.pi * f * t + phase)
+    return wave
 
 
 def _noise(rng: np.random.Generator, n: int, fs: int) -> Signal:
     """Electrode noise: white noise, baseline wander, and mains hum on some recordings."""
     t = np.arange(n) / fs
-    wander = rng.uniform(0.02, 0.12) * np.sin(
-        2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 6.3)
-    )
+    wander = _random_sine(rng, t, (0.02, 0.12), (0.1, 0.5))
     hum = 0.01 * np.sin(2 * np.pi * 50.0 * t) if rng.random() < 0.2 else 0.0
     return rng.normal(0.0, 0.015, n) + wander + hum
 

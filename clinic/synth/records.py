@@ -32,53 +32,40 @@ MISSING_SHARE: dict[str, float] = {
 def _vitals(rng: np.random.Generator, demo: Demographics, plan: EncounterPlan) -> dict[str, float]:
     """Body size, heart rate, blood pressure, breathing, temperature and saturation."""
     ev, c = plan.evidence["record"], plan.conditions
-    male = demo.sex == "male"
-    height = rng.normal(176.0 if male else 163.0, 7.0) - 0.05 * max(plan.age_years - 50.0, 0.0)
-    sbp = (
-        122.0
-        + 0.35 * (plan.age_years - 60.0)
-        + 16.0 * demo.hypertension
-        + 8.0 * c["left_ventricular_hypertrophy"]
-        + rng.normal(0.0, 13.0)
-    )
+    height = rng.normal(176.0 if demo.sex == "male" else 163.0, 7.0)
+    height -= 0.05 * max(plan.age_years - 50.0, 0.0)  # older patients are a little shorter
+    weight = demo.bmi * (height / 100.0) ** 2 + 3.0 * c["heart_failure"] + rng.normal(0.0, 1.5)
+    sbp = 122.0 + 0.35 * (plan.age_years - 60.0) + 16.0 * demo.hypertension
+    sbp += 8.0 * c["left_ventricular_hypertrophy"] + rng.normal(0.0, 13.0)
+    breathing = 15.0 + 6.0 * ev["inflammation"] + 7.0 * ev["hypoxia"] + rng.normal(0.0, 2.0)
     return {
         "height_cm": height,
-        "weight_kg": demo.bmi * (height / 100.0) ** 2
-        + 3.0 * c["heart_failure"]
-        + rng.normal(0, 1.5),
+        "weight_kg": weight,
         "heart_rate_bpm": plan.heart_rate_bpm + rng.normal(0.0, 4.0),
         "systolic_bp_mmhg": sbp,
         "diastolic_bp_mmhg": 0.55 * sbp + 12.0 + rng.normal(0.0, 7.0),
-        "respiratory_rate_per_min": 15.0
-        + 6.0 * ev["inflammation"]
-        + 7.0 * ev["hypoxia"]
-        + rng.normal(0, 2),
+        "respiratory_rate_per_min": breathing,
         "temperature_c": 36.8 + 1.7 * ev["inflammation"] + rng.normal(0.0, 0.3),
         "spo2_percent": min(100.0, 97.5 - 9.0 * ev["hypoxia"] + rng.normal(0.0, 1.3)),
     }
 
 
+def _lognormal(rng: np.random.Generator, median: float, shift: float, sigma: float) -> float:
+    """A lab value whose log is ``log(median) + shift`` plus Gaussian noise."""
+    return math.exp(math.log(median) + shift + float(rng.normal(0.0, sigma)))
+
+
 def _labs(rng: np.random.Generator, plan: EncounterPlan) -> dict[str, float]:
-    """Log-normal labs: each is shifted by its evidence and by mild confounders (age, AF, HF)."""
+    """Each lab is shifted by its evidence and by mild confounders (age, AF, HF)."""
     ev, c = plan.evidence["record"], plan.conditions
     age = (plan.age_years - 60.0) / 10.0
+    bnp_shift = 0.2 * age + 2.4 * ev["bnp"] + 0.6 * c["atrial_fibrillation"]
+    troponin_shift = 0.1 * age + 2.6 * ev["troponin"] + 0.4 * c["heart_failure"]
     return {
-        "bnp_pg_ml": math.exp(
-            math.log(45.0)
-            + 0.2 * age
-            + 2.7 * ev["bnp"]
-            + 0.6 * c["atrial_fibrillation"]
-            + rng.normal(0.0, 0.6)
-        ),
-        "troponin_ng_l": math.exp(
-            math.log(7.0)
-            + 0.1 * age
-            + 3.2 * ev["troponin"]
-            + 0.4 * c["heart_failure"]
-            + rng.normal(0.0, 0.5)
-        ),
+        "bnp_pg_ml": _lognormal(rng, 45.0, bnp_shift, 0.75),
+        "troponin_ng_l": _lognormal(rng, 7.0, troponin_shift, 0.7),
         "wbc_10e9_l": max(1.5, 7.0 + 8.0 * ev["inflammation"] + rng.normal(0.0, 1.8)),
-        "crp_mg_l": math.exp(math.log(3.0) + 3.5 * ev["inflammation"] + rng.normal(0.0, 0.8)),
+        "crp_mg_l": _lognormal(rng, 3.0, 3.5 * ev["inflammation"], 0.8),
     }
 
 

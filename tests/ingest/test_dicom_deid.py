@@ -273,8 +273,9 @@ def test_ecg_waveform_survives_deidentification() -> None:
         assert clean.WaveformData == source.WaveformData
         assert clean.NumberOfWaveformChannels == source.NumberOfWaveformChannels
     written = dicom_to_bytes(result)
-    assert str(original.PatientName)
-    assert str(original.PatientName).encode() not in written
+    for text in ("642341", "E. O. Ospedali Galliera", "13002689", "RITMO SINUSALE"):
+        assert text.encode() in dicom_to_bytes(original)
+        assert text.encode() not in written, text  # free-text annotations go too
 
 
 @pytest.mark.parametrize(("pseudonym", "secret"), [("", SECRET), ("  ", SECRET), (PSEUDONYM, b"")])
