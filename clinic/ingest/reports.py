@@ -358,6 +358,13 @@ _TITLED_NAME = re.compile(
     r"\b(?P<title>(?:Dr|Prof|Mr|Mrs|Ms|Herr|Frau)\.?(?:\s+(?:med|rer\.\s*nat|phil)\.)?\s+)"
     r"(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*)?)"
 )
+# "Patient: Jane Doe", "Name: DOE^JANE", "Patientin: Müller, Anna" — a labelled name field; the
+# name is up to four capitalised words (DICOM-style "^" and "Surname, Given" included).
+_LABELLED_NAME = re.compile(
+    r"(?P<label>\b(?i:patient(?:in)?(?:\s+name)?|pat(?:ient)?\.?\s*name|name|pt\.?)\s*:[ \t]*)"
+    r"(?P<name>[^\W\d_a-z][\w'-]*"
+    r"(?:(?:[ \t]+|,[ \t]*|\^)(?!(?:MRN|ID|DOB|Acc|Accession|Geb)\b)[^\W\d_a-z][\w'-]*){0,3})"
+)
 _ISO_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}")
 _PRESERVED_MARKER = re.compile(r"X{2,}[\W_]*")
 
@@ -409,6 +416,14 @@ def _titled_name(match: re.Match[str]) -> str | None:
     return match["title"] + "[NAME]" + name[len(kept) :]
 
 
+def _labelled_name(match: re.Match[str]) -> str | None:
+    """``Patient: [NAME]`` for a capitalised name after a name label; placeholders are kept."""
+    name = match["name"]
+    if not name[0].isupper() or _PRESERVED_MARKER.fullmatch(name.split()[0]):
+        return None
+    return match["label"] + "[NAME]"
+
+
 def _substitute(
     pattern: re.Pattern[str], text: str, replace: Callable[[re.Match[str]], str | None]
 ) -> tuple[str, int]:
@@ -456,6 +471,7 @@ _SCRUB_STEPS: tuple[
     (_NAMED_DATE, re.compile(r"\d{4}"), lambda m: "[DATE]"),
     (_PHONE, re.compile(r"\d{2}"), lambda m: "[PHONE]" if _phone_like(m[0]) else None),
     (_TITLED_NAME, None, _titled_name),
+    (_LABELLED_NAME, re.compile(r"(?i)\b(?:name|patient(?:in)?|pt\.?)\s*:"), _labelled_name),
 )
 
 

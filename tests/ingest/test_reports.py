@@ -306,3 +306,16 @@ def test_refusals_do_not_quote_content() -> None:
     with pytest.raises(IngestError) as caught:
         read_report(b"Jane Roe\x00\x01\x02" * 10)
     assert "Jane" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Patient: Liam Larsen  MRN: MRN1128575", "Patient: [NAME]  MRN: [ID]"),
+        ("Name: DOE^JANE\nFINDINGS: ok", "Name: [NAME]\nFINDINGS: ok"),
+        ("Patientin: Müller, Anna\nBefund", "Patientin: [NAME]\nBefund"),
+        ("Patient: 65-year-old male", "Patient: 65-year-old male"),
+    ],
+)
+def test_labelled_name_fields_are_scrubbed(text: str, expected: str) -> None:
+    assert scrub_identifiers(text)[0] == expected
