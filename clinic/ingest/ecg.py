@@ -647,6 +647,39 @@ def _wfdb_identity(comments: Sequence[str] | None) -> SourceIdentity:
     return SourceIdentity(patient_age_years=age, patient_sex=sex)
 
 
+_FORMAT16_INVALID = -32768  # WFDB's "no sample" value in format 16
+
+
+def _format16_layout(header: Any) -> str | None:
+    """The single data file of a plain format-16 record, or None when the general path is needed.
+
+    PTB-XL and most 12-lead exports are exactly this layout; reading it with numpy avoids
+    wfdb parsing the header a second time (about as costly as reading the samples).
+    """
+    files = {str(name) for name in header.file_name}
+    simple = (
+        len(files) == 1
+        and all(str(fmt) == "16" for fmt in header.fmt)
+        and not any(header.skew or [])
+        and not any(header.byte_offset or [])
+        and all(int(n or 1) == 1 for n in (header.samps_per_frame or [1]))
+        and header.sig_len is not None
+    )
+    return files.pop() if simple else None
+
+
+def _read_format16_signals(header: Any, folder: Path, data_file: str, n_frames: int) -> FloatArray:
+    """Physical samples of a format-16 record: (digital - baseline) / gain, NaN where invalid."""
+    n_signals = int(header.n_sig)
+    digital = np.fromfile(folder / data_file, dtype="<i2", count=n_frames * n_signals)
+    digital = digital.reshape(-1, n_signals)
+    physical = (digital.astype(np.float64) - np.asarray(header.baseline, dtype=np.float64)) / (
+        np.asarray(header.adc_gain, dtype=np.float64)
+    )
+    physical[digital == _FORMAT16_INVALID] = np.nan
+    return physical
+
+
 def _read_wfdb_signals(record_name: Path, n_frames: int | None) -> FloatArray:
     """Physical samples of the first ``n_frames`` frames (NaN where WFDB marks them invalid)."""
     import wfdb
@@ -689,7 +722,11 @@ def read_wfdb_ecg(
     # wfdb cannot stop early when the header omits the length (rdrecord fails on sampto), so
     # such records are read whole; standardise_ecg still keeps only the window.
     to_read = None if header.sig_len is None or n_frames is None else min(wanted, n_frames)
-    signals = _read_wfdb_signals(record_name, to_read)
+    data_file = _format16_layout(header)
+    if data_file is not None and to_read is not None:
+        signals = _read_format16_signals(header, record_name.parent, data_file, to_read)
+    else:
+        signals = _read_wfdb_signals(record_name, to_read)
     return standardise_ecg(
         signals,
         lead_names,

@@ -449,3 +449,20 @@ def test_garbage_header_is_refused(tmp_path: Path, text: bytes) -> None:
 )
 def test_canonical_lead(name: str, expected: LeadMatch | None) -> None:
     assert canonical_lead(name) == expected
+
+
+def test_format16_fast_path_equals_wfdb_on_real_records(shared_data: Path) -> None:
+    from clinic.ingest import ecg as ecg_module
+
+    headers = sorted((shared_data / "ptbxl" / "records500").rglob("*.hea"))[:3]
+    headers += sorted((shared_data / "ptbxl" / "records100").rglob("*.hea"))[:2]
+    for header_path in headers:
+        record_name = header_path.with_suffix("")
+        header = wfdb.rdheader(str(record_name))
+        data_file = ecg_module._format16_layout(header)
+        assert data_file is not None
+        fast = ecg_module._read_format16_signals(
+            header, header_path.parent, data_file, header.sig_len
+        )
+        slow = wfdb.rdrecord(str(record_name), physical=True, return_res=64).p_signal
+        np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-9)
