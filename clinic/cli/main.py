@@ -100,6 +100,9 @@ def ingest_command(
     retry_quarantined: Annotated[
         bool, typer.Option(help="Decode again inputs quarantined by an earlier run.")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Items committed per transaction (default 64).")
+    ] = 64,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest X-rays (DICOM/PNG/JPEG), ECGs (WFDB/DICOM), records (CSV/Parquet) and reports.
@@ -116,6 +119,7 @@ def ingest_command(
         cohort=cohort,
         sources=tuple(str(p) for p in paths),
         retry_quarantined=retry_quarantined,
+        batch_size=batch_size,
     )
     run_ingest(settings, items, options, as_json)
 

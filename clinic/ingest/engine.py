@@ -29,8 +29,8 @@ from clinic.ingest.prepare import (
 )
 from clinic.ingest.pseudonym import Pseudonymizer
 from clinic.ingest.types import IngestItem
-from clinic.ingest.writer import BatchResult, add_to_cohort, current_actor, write_batch
-from clinic.store.models import AuditEvent, Cohort, IngestRun, QuarantineItem, SourceItem
+from clinic.ingest.writer import BatchResult, add_to_cohort, ingest_audit_event, write_batch
+from clinic.store.models import Cohort, IngestRun, QuarantineItem, SourceItem
 from clinic.store.store import Store
 
 BATCH_SIZE = 64
@@ -86,6 +86,7 @@ class IngestOptions:
     command: str = "ingest"
     sources: tuple[str, ...] = ()
     retry_quarantined: bool = False
+    batch_size: int = BATCH_SIZE
 
 
 def prepare_context(store: Store) -> PrepareContext:
@@ -207,7 +208,7 @@ def _process(
     last_flush = time.monotonic()
     for outcome in _outcomes(store, pending, options.workers):
         batch.append(outcome)
-        if len(batch) >= BATCH_SIZE or time.monotonic() - last_flush > BATCH_SECONDS:
+        if len(batch) >= options.batch_size or time.monotonic() - last_flush > BATCH_SECONDS:
             _flush(store, batch, summary, run_id, cohort_id)
             done += len(batch)
             batch, last_flush = [], time.monotonic()
@@ -266,14 +267,5 @@ def _finish_run(store: Store, run_id: int, summary: IngestSummary, status: str) 
         run.status = status
         run.finished_at = dt.datetime.now(dt.UTC)
         run.counts = counts
-        session.add(
-            AuditEvent(
-                actor=current_actor(),
-                role="system",
-                action="ingest.run",
-                resource_type="ingest_run",
-                resource_id=str(run_id),
-                outcome="success" if status == "finished" else status,
-                details=counts,
-            )
-        )
+        outcome = "success" if status == "finished" else status
+        session.add(ingest_audit_event("ingest.run", run_id, outcome, counts))

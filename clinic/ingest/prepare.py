@@ -259,7 +259,6 @@ def _xray_row(
 
 def _prepare_dicom(item: IngestItem, sha256: str, context: PrepareContext) -> Prepared:
     """A DICOM file is routed by content: a waveform object is an ECG, anything else an X-ray."""
-    from clinic.ingest.dicom_deid import deidentify_dicom, dicom_to_bytes
     from clinic.ingest.dicom_io import is_waveform, load_dicom
     from clinic.ingest.ecg import read_dicom_ecg
     from clinic.ingest.xray import decode_dicom_xray
@@ -271,13 +270,7 @@ def _prepare_dicom(item: IngestItem, sha256: str, context: PrepareContext) -> Pr
             dataset, target_rate=context.ecg_sampling_rate, duration_s=context.ecg_duration_s
         )
         link = _link(item, context, ecg.identity)
-        clean = deidentify_dicom(
-            dataset,
-            patient_pseudonym=link.patient,
-            date_shift_days=link.date_shift_days,
-            uid_secret=context.pseudonymizer.uid_secret(),
-        )
-        source_blob = context.blobs.put(dicom_to_bytes(clean))
+        source_blob = _store_deidentified(dataset, link, context)
         study_date = _shifted_date(ecg.identity.study_date, link.date_shift_days)
         row = _ecg_row(ecg, context, [source_blob])
         return _prepared(
@@ -285,13 +278,7 @@ def _prepare_dicom(item: IngestItem, sha256: str, context: PrepareContext) -> Pr
         )
     decoded = decode_dicom_xray(dataset)
     link = _link(item, context, decoded.identity)
-    clean = deidentify_dicom(
-        dataset,
-        patient_pseudonym=link.patient,
-        date_shift_days=link.date_shift_days,
-        uid_secret=context.pseudonymizer.uid_secret(),
-    )
-    file_blob = context.blobs.put(dicom_to_bytes(clean))
+    file_blob = _store_deidentified(dataset, link, context)
     pixels_blob = context.blobs.put_array(encode_unit_image(decoded.pixels))
     attributes = {**decoded.attributes, **_attribute_overrides(item)}
     study_date = _shifted_date(decoded.identity.study_date, link.date_shift_days)
@@ -299,6 +286,19 @@ def _prepare_dicom(item: IngestItem, sha256: str, context: PrepareContext) -> Pr
     return _prepared(
         item, sha256, link, "xray_images", row, kind=ItemKind.XRAY, study_date=study_date
     )
+
+
+def _store_deidentified(dataset: Any, link: _Link, context: PrepareContext) -> str:
+    """Write the de-identified DICOM (never the original) as a blob; return its hash."""
+    from clinic.ingest.dicom_deid import deidentify_dicom, dicom_to_bytes
+
+    clean = deidentify_dicom(
+        dataset,
+        patient_pseudonym=link.patient,
+        date_shift_days=link.date_shift_days,
+        uid_secret=context.pseudonymizer.uid_secret(),
+    )
+    return context.blobs.put(dicom_to_bytes(clean))
 
 
 def _ecg_row(ecg: DecodedEcg, context: PrepareContext, source_blobs: list[str]) -> dict[str, Any]:

@@ -217,16 +217,22 @@ def _audit_batch(session: Session, run_id: int, ingested: int, quarantined: dict
     """One audit event per committed batch, in the same transaction as the rows it describes."""
     if not ingested and not quarantined:
         return
-    session.add(
-        AuditEvent(
-            actor=current_actor(),
-            role="system",
-            action="ingest.batch",
-            resource_type="ingest_run",
-            resource_id=str(run_id),
-            outcome="success",
-            details={"ingested": ingested, "quarantined": quarantined},
-        )
+    details = {"ingested": ingested, "quarantined": quarantined}
+    session.add(ingest_audit_event("ingest.batch", run_id, "success", details))
+
+
+def ingest_audit_event(
+    action: str, run_id: int, outcome: str, details: dict[str, Any]
+) -> AuditEvent:
+    """An audit event of the ingestion system about one run."""
+    return AuditEvent(
+        actor=current_actor(),
+        role="system",
+        action=action,
+        resource_type="ingest_run",
+        resource_id=str(run_id),
+        outcome=outcome,
+        details=details,
     )
 
 

@@ -91,10 +91,10 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(
     settings: Settings, shared_data: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "in"
-    copy_ptbxl_records(shared_data, folder, 60)
+    copy_ptbxl_records(shared_data, folder, 120)
     store = Store.open(settings)
     process = subprocess.Popen(
-        [*CLINIC, "ingest", str(folder), "--workers", "2", "--json"],
+        [*CLINIC, "ingest", str(folder), "--workers", "2", "--batch-size", "4", "--json"],
         env=cli_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -108,16 +108,16 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = _source_item_count(store)
-    assert 10 <= killed_at < 60
+    assert 10 <= killed_at < 120
     rerun = run_cli(settings, "ingest", str(folder), "--workers", "2", "--json")
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["already_stored"] == killed_at
 
     clean = Store.open(make_settings(tmp_path / "clean", f"sqlite:///{tmp_path / 'clean.db'}"))
     clean_run = run_cli(clean.settings, "ingest", str(folder), "--json")
-    assert json.loads(clean_run.stdout)["ingested"] == 60
+    assert json.loads(clean_run.stdout)["ingested"] == 120
     assert modality_counts(store) == modality_counts(clean)
-    assert _source_item_count(store) == 60
+    assert _source_item_count(store) == 120
     referenced = referenced_blobs(store)
     assert all(store.blobs.exists(blob) for blob in referenced)
     assert set(store.blobs.iter_hashes()) == referenced  # nothing orphaned either
