@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clinic import __version__
+from clinic.ingest.errors import ReasonCode
 from clinic.ingest.prepare import (
     Outcome,
     PrepareContext,
@@ -28,7 +29,8 @@ from clinic.ingest.prepare import (
     prepare_item,
 )
 from clinic.ingest.pseudonym import Pseudonymizer
-from clinic.ingest.types import IngestItem
+from clinic.ingest.supervisor import TIMED_OUT, InflightJournal, Supervised, run_supervised
+from clinic.ingest.types import IngestItem, ItemKind
 from clinic.ingest.writer import BatchResult, add_to_cohort, ingest_audit_event, write_batch
 from clinic.store.models import Cohort, IngestRun, QuarantineItem, SourceItem
 from clinic.store.store import Store
@@ -81,7 +83,7 @@ class IngestSummary:
 
 @dataclass(frozen=True)
 class IngestOptions:
-    workers: int = 1
+    workers: int = 1  # decoding processes; 0 decodes in this process (profiling only)
     cohort: str | None = None
     command: str = "ingest"
     sources: tuple[str, ...] = ()
@@ -159,9 +161,7 @@ def _triage(
         known_bad = (
             {}
             if options.retry_quarantined
-            else dict(
-                session.execute(select(QuarantineItem.sha256, QuarantineItem.reason)).tuples().all()
-            )
+            else dict(session.execute(select(QuarantineItem.sha256, QuarantineItem.reason)).all())
         )
     pending: list[tuple[IngestItem, str]] = []
     already: list[str] = []
@@ -244,19 +244,40 @@ def _prepare_in_worker(task: tuple[IngestItem, str]) -> Outcome:
     return prepare_item(task[0], task[1], _WORKER_CONTEXT)
 
 
+def _task_key(task: tuple[IngestItem, str]) -> str:
+    return task[1]
+
+
+def _crashed(task: tuple[IngestItem, str], why: str) -> Outcome:
+    """The refusal of an item whose decoder took its process down (or hung) twice."""
+    item, sha = task
+    if why == TIMED_OUT:
+        reason = (
+            ReasonCode.DICOM_DECODE_TIMEOUT
+            if item.kind is ItemKind.XRAY
+            else ReasonCode.DECODE_TIMEOUT
+        )
+        message = f"decoding the {item.kind.value} input did not finish in time, twice"
+    else:
+        reason = ReasonCode.DECODER_CRASHED
+        message = f"the {item.kind.value} decoder crashed its process on this input, twice"
+    return Refused(sha, item.kind, item.source, reason.value, message)
+
+
 def _outcomes(
     store: Store, pending: list[tuple[IngestItem, str]], workers: int
 ) -> Iterator[Outcome]:
-    """Decode in this process (one worker) or in a spawned process pool."""
-    context = prepare_context(store)
-    if workers <= 1 or len(pending) <= 1:
-        for item, sha in pending:
-            yield prepare_item(item, sha, context)
-        return
-    pool_context = multiprocessing.get_context("forkserver")
-    pool_context.set_forkserver_preload(list(WORKER_PRELOAD))
-    with pool_context.Pool(workers, initializer=_init_worker, initargs=(context,)) as pool:
-        yield from pool.imap_unordered(_prepare_in_worker, pending, chunksize=2)
+    """Decode in supervised worker processes (see :mod:`clinic.ingest.supervisor`)."""
+    supervised = Supervised(
+        work=_prepare_in_worker,
+        key=_task_key,
+        crashed=_crashed,
+        journal=InflightJournal(store.settings.home / "inflight"),
+        initializer=_init_worker,
+        initargs=(prepare_context(store),),
+    )
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
+    yield from run_supervised(supervised, pending, workers)
 
 
 def _finish_run(store: Store, run_id: int, summary: IngestSummary, status: str) -> None:

@@ -16,6 +16,8 @@ class ReasonCode(StrEnum):
     FILE_UNREADABLE = "file_unreadable"
     FILE_EMPTY = "file_empty"
     UNKNOWN_FORMAT = "unknown_format"
+    DECODER_CRASHED = "decoder_crashed"
+    DECODE_TIMEOUT = "decode_timeout"
     # DICOM
     DICOM_NOT_DICOM = "dicom_not_dicom"
     DICOM_TRUNCATED = "dicom_truncated"

@@ -81,9 +81,7 @@ def _ensure_encounters(session: Session, prepared: Sequence[Prepared]) -> dict[s
     patient_ids = dict(
         session.execute(
             select(Patient.pseudonym, Patient.id).where(Patient.pseudonym.in_(patients))
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     encounters = {p.encounter: p for p in prepared}
     session.execute(
@@ -104,9 +102,7 @@ def _ensure_encounters(session: Session, prepared: Sequence[Prepared]) -> dict[s
             select(Encounter.pseudonym, Encounter.id).where(
                 Encounter.pseudonym.in_(list(encounters))
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
 
 

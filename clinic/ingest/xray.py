@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.pixels.processing import apply_modality_lut, apply_voi
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import (
     HTJ2K,
@@ -467,17 +467,46 @@ def _time_limit(seconds: float) -> Iterator[None]:
 def _render(
     raw: npt.NDArray[Any], ds: Dataset
 ) -> tuple[npt.NDArray[np.float32], tuple[float, float] | None]:
-    """Modality LUT, then VOI (LUT, first window, or full range), then MONOCHROME1 inversion."""
-    values = np.asarray(apply_modality_lut(raw, ds))
+    """Modality LUT, then VOI (LUT, first window, or full range), then MONOCHROME1 inversion.
+
+    The common cases (linear rescale, a window) are computed in place in float32: a 2 k x 2.5 k
+    radiograph then costs a few passes over 20 MB instead of pydicom's float64 temporaries.
+    """
+    values = _modality_values(raw, ds)
     if _has_voi_lut(ds):
-        shown, window = _apply_voi_lut_sequence(values, ds), None
+        shown, window = _apply_voi_lut_sequence(values, ds).astype(np.float32), None
     elif (window := _first_window(ds)) is not None:
-        shown = _apply_window(values, ds)
+        shown = _apply_window(values, ds, window)
     else:
         shown = _full_range(values)
     if _text(ds, "PhotometricInterpretation") == "MONOCHROME1":
-        shown = 1.0 - shown
-    return np.clip(shown, 0.0, 1.0).astype(np.float32), window
+        np.subtract(np.float32(1.0), shown, out=shown)
+    np.clip(shown, 0.0, 1.0, out=shown)
+    return shown, window
+
+
+def _modality_values(raw: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[Any]:
+    """Stored values through the modality transform (pydicom for a Modality LUT Sequence)."""
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(raw, ds))
+    slope, intercept = (
+        _float_or(ds.get("RescaleSlope"), 1.0),
+        _float_or(ds.get("RescaleIntercept"), 0.0),
+    )
+    if slope == 1.0 and intercept == 0.0:
+        return raw
+    values = raw.astype(np.float32)
+    values *= np.float32(slope)
+    values += np.float32(intercept)
+    return values
+
+
+def _float_or(value: Any, default: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
@@ -528,27 +557,46 @@ def _first_window(ds: Dataset) -> tuple[float, float] | None:
     return center_f, width_f
 
 
-def _apply_window(values: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.float64]:
-    """Apply the first window with pydicom and scale its output range to [0, 1].
+def _apply_window(
+    values: npt.NDArray[Any], ds: Dataset, window: tuple[float, float]
+) -> npt.NDArray[np.float32]:
+    """The first window (PS3.3 C.11.2.1.2), scaled to [0, 1], computed in float32 in place.
 
-    pydicom maps the window onto the stored-value range (after rescale); probing it with
-    -inf/+inf returns exactly the ends of that range, so the scaling cannot drift from pydicom.
+    LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5), LINEAR_EXACT: ((x - c) / w + 0.5), SIGMOID:
+    1 / (1 + exp(-4 (x - c) / w)); the caller clips to [0, 1]. These are pydicom's
+    ``apply_windowing`` outputs divided by their range, without float64 temporaries.
     """
-    out = np.asarray(apply_windowing(values, ds, 0), dtype=np.float64)
-    ends = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds, 0), dtype=np.float64)
-    low, high = float(ends[0]), float(ends[1])
-    if not high > low:
-        return np.zeros_like(out)
-    return (out - low) / (high - low)
+    center, width = window
+    function = _text(ds, "VOILUTFunction") or "LINEAR"
+    out = values.astype(np.float32)  # always a copy: the raw array stays untouched
+    if function == "LINEAR" and width == 1.0:
+        return (out > np.float32(center - 0.5)).astype(np.float32)
+    if function == "LINEAR":
+        out -= np.float32(center - 0.5)
+        out /= np.float32(width - 1.0)
+        out += np.float32(0.5)
+    elif function == "LINEAR_EXACT":
+        out -= np.float32(center)
+        out /= np.float32(width)
+        out += np.float32(0.5)
+    else:  # SIGMOID
+        out -= np.float32(center)
+        out *= np.float32(-4.0 / width)
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        np.reciprocal(out, out=out)
+    return out
 
 
-def _full_range(values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+def _full_range(values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Min-max scaling when the header gives no VOI (the raw image is known not to be blank)."""
-    as_float = values.astype(np.float64)
-    low, high = float(as_float.min()), float(as_float.max())
+    low, high = float(values.min()), float(values.max())
+    out = values.astype(np.float32)
     if high <= low:
-        return np.zeros_like(as_float)
-    return (as_float - low) / (high - low)
+        return np.zeros_like(out)
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    return out
 
 
 def _json_scalar(value: Any) -> Any:

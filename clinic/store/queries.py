@@ -41,7 +41,7 @@ def table_counts(session: Session) -> dict[str, int]:
 def quarantine_counts(session: Session) -> dict[str, int]:
     rows = session.execute(
         select(QuarantineItem.reason, func.count()).group_by(QuarantineItem.reason)
-    ).tuples()
+    )
     return {reason: int(count) for reason, count in sorted(rows)}
 
 
@@ -76,5 +76,5 @@ def cohort_sizes(session: Session) -> dict[str, int]:
         .outerjoin(CohortMember, CohortMember.cohort_id == Cohort.id)
         .group_by(Cohort.name)
         .order_by(Cohort.name)
-    ).tuples()
+    )
     return {name: int(count) for name, count in rows}

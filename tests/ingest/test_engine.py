@@ -108,7 +108,7 @@ def test_mixed_folder_is_ingested_linked_and_idempotent(
         assert encounter_a is not None and encounter_a.patient_id == patient_a.id
         xray = session.scalar(select(XrayImage))
         assert xray is not None and xray.encounter_id == encounter_a.id
-        labels = session.execute(select(Label.name, Label.value, Label.state)).tuples().all()
+        labels = session.execute(select(Label.name, Label.value, Label.state)).all()
         assert sorted(labels) == [
             ("heart_failure", 1.0, "positive"),
             ("pneumonia", 0.0, "negative"),
@@ -302,3 +302,18 @@ def test_parallel_ingest_equals_serial(
     assert serial.blobs.iter_hashes() == parallel.blobs.iter_hashes()
     serial.close()
     parallel.close()
+
+
+def test_an_item_left_in_flight_by_a_killed_run_is_decoded_in_isolation(
+    store: Store, shared_data: Path, tmp_path: Path
+) -> None:
+    from clinic.ingest.prepare import content_sha256
+
+    headers = copy_ptbxl_records(shared_data, tmp_path / "ecg", 2)
+    items = list(iter_items_from_paths(headers))
+    journal = store.settings.home / "inflight"
+    journal.mkdir(parents=True)
+    (journal / "999999999.inflight").write_text(content_sha256(items[0]))
+    summary = ingest(store, items)
+    assert summary.ingested == 2
+    assert list(journal.glob("*.inflight")) == []

@@ -631,3 +631,32 @@ def test_png_copy_keeps_content_key(tmp_path: Path, shared_data: Path) -> None:
     copy = tmp_path / "renamed.png"
     shutil.copy(source, copy)
     assert read_raster_xray(copy).raw_sha256 == read_raster_xray(source).raw_sha256
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize(("slope", "intercept"), [(1.0, 0.0), (0.5, -1024.0)])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_float32_window_matches_pydicom_reference(
+    function: str, slope: float, intercept: float, photometric: str
+) -> None:
+    """The in-place float32 rendering equals pydicom's apply_windowing scaled to its range."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_windowing
+
+    from clinic.ingest.xray import _render
+
+    ds = Dataset()
+    ds.BitsStored, ds.BitsAllocated, ds.PixelRepresentation = 12, 16, 0
+    ds.PhotometricInterpretation = photometric
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 900 * slope + intercept, 1500, function
+    raw = np.random.default_rng(5).integers(0, 4096, size=(64, 80), dtype=np.uint16)
+    shown, window = _render(raw, ds)
+    values = apply_modality_lut(raw, ds)
+    reference = np.asarray(apply_windowing(values, ds, 0), dtype=np.float64)
+    ends = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds, 0), dtype=np.float64)
+    expected = (reference - ends[0]) / (ends[1] - ends[0])
+    if photometric == "MONOCHROME1":
+        expected = 1.0 - expected
+    assert window == (900 * slope + intercept, 1500.0)
+    assert shown.dtype == np.float32
+    np.testing.assert_allclose(shown, np.clip(expected, 0, 1), atol=2e-5)
