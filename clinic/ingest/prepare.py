@@ -297,6 +297,7 @@ def _store_deidentified(dataset: Any, link: _Link, context: PrepareContext) -> s
         patient_pseudonym=link.patient,
         date_shift_days=link.date_shift_days,
         uid_secret=context.pseudonymizer.uid_secret(),
+        in_place=True,  # the dataset has been read; nothing uses the original afterwards
     )
     return context.blobs.put(dicom_to_bytes(clean))
 
