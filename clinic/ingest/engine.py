@@ -39,6 +39,7 @@ BATCH_SIZE = 64
 # Workers fork from a server that imported the readers once (scipy, pydicom, wfdb are slow to
 # import); forking the main process instead would copy its threads' locks (progress bar, pools).
 WORKER_PRELOAD = (
+    "__main__",  # imported once by the server, not by every worker (the CLI's is heavy)
     "clinic.ingest.prepare",
     "clinic.ingest.ecg",
     "clinic.ingest.xray",

@@ -146,7 +146,7 @@ def _run_pool(
     pending: dict[Future[Result], str] = {}
     queue = iter(tasks)
     try:
-        _fill(executor, supervised, queue, pending, limit=workers * 4)
+        _fill(executor, supervised, queue, pending, limit=workers * 8)
         while pending:
             done, _ = wait(pending, timeout=supervised.stall_timeout_s, return_when=FIRST_COMPLETED)
             if not done:  # nothing finished for a long time: some decoder hangs
@@ -154,7 +154,7 @@ def _run_pool(
             for future in done:
                 key = pending.pop(future)
                 yield future.result(), key
-            _fill(executor, supervised, queue, pending, limit=workers * 4)
+            _fill(executor, supervised, queue, pending, limit=workers * 8)
     except (BrokenProcessPool, _StalledError):
         worker_pids = set(executor._processes or {})  # no public accessor
         _kill(worker_pids)
