@@ -81,6 +81,8 @@ def iter_table_items(path: Path, kind: ItemKind | None = None) -> Iterator[Inges
         return
     if kind is ItemKind.LABELS or "label" in columns:
         yield from _iter_label_items(path)
+    elif kind is ItemKind.REPORT or columns & REPORT_TEXT_COLUMNS:
+        yield from _iter_report_rows(path)
     else:
         yield from _iter_record_items(path)
 
@@ -106,6 +108,42 @@ def _iter_record_items(path: Path) -> Iterator[IngestItem]:
             encounter_key=encounter,
             fields=dict(row),
         )
+
+
+REPORT_TEXT_COLUMNS = frozenset(
+    {"report", "report_text", "text", "indication", "findings", "impression"}
+)
+# Section columns are joined under headings so the report splitter finds them again.
+_SECTION_COLUMNS = ("indication", "comparison", "technique", "findings", "impression")
+
+
+def _iter_report_rows(path: Path) -> Iterator[IngestItem]:
+    """One report per row of a table with a text column (or indication/findings/impression)."""
+    from clinic.ingest.records import read_raw_table
+
+    for row_number, raw in read_raw_table(path):
+        row = {key.strip().lower(): value for key, value in raw.items()}
+        yield IngestItem(
+            kind=ItemKind.REPORT,
+            source=f"{path}#row={row_number}",
+            text=compose_report_text(row),
+            patient_key=(row.get("patient_id") or "").strip() or None,
+            encounter_key=(row.get("encounter_id") or "").strip() or None,
+            fields={"report_kind": (row.get("report_kind") or "").strip() or "clinical_note"},
+        )
+
+
+def compose_report_text(row: dict[str, str]) -> str:
+    """The row's free text, or its section columns joined under their headings."""
+    for column in ("report_text", "report", "text"):
+        if (row.get(column) or "").strip():
+            return row[column]
+    sections = [
+        f"{name.upper()}: {row[name].strip()}"
+        for name in _SECTION_COLUMNS
+        if (row.get(name) or "").strip()
+    ]
+    return "\n".join(sections)
 
 
 def _iter_label_items(path: Path) -> Iterator[IngestItem]:
@@ -175,7 +213,9 @@ def _manifest_row_items(base: Path, row: dict[str, str], source: str) -> Iterato
             ReasonCode.MANIFEST_INVALID, f"{source}: unknown kind {row['kind']!r}"
         ) from error
     path = base / row["path"].strip()
-    if kind in (ItemKind.RECORD, ItemKind.LABELS):
+    if kind in (ItemKind.RECORD, ItemKind.LABELS) or (
+        kind is ItemKind.REPORT and path.suffix.lower() in TABLE_SUFFIXES
+    ):
         yield from iter_table_items(path, kind)
         return
     fields: dict[str, object] = {}

@@ -317,3 +317,24 @@ def test_an_item_left_in_flight_by_a_killed_run_is_decoded_in_isolation(
     summary = ingest(store, items)
     assert summary.ingested == 2
     assert list(journal.glob("*.inflight")) == []
+
+
+def test_reports_in_csv_columns_become_reports(store: Store, tmp_path: Path) -> None:
+    free_text = tmp_path / "notes.csv"
+    free_text.write_text(
+        "patient_id,encounter_id,report_kind,text\n"
+        'P1,1,ecg,"Sinus rhythm. Normal ECG."\n'
+        'P2,1,,"Patient: Jane Doe. Stable."\n'
+    )
+    sectioned = tmp_path / "cxr.csv"
+    sectioned.write_text(
+        "patient_id,encounter_id,indication,findings,impression\n"
+        "P3,1,Cough.,No focal consolidation.,Normal chest.\n"
+    )
+    summary = ingest(store, list(iter_items_from_paths([free_text, sectioned])))
+    assert (summary.ingested, summary.quarantined) == (3, 0)
+    with store.session() as session:
+        reports = {r.text.split()[0]: r for r in session.scalars(select(Report))}
+    assert reports["Sinus"].kind == "ecg"
+    assert reports["Patient:"].text == "Patient: [NAME]. Stable."
+    assert reports["INDICATION:"].sections["impression"] == "Normal chest."
