@@ -209,7 +209,9 @@ def synth_command(
     from clinic.synth import synthesize_cohort
 
     summary = synthesize_cohort(out, patients=patients, seed=seed)
-    typer.echo(f"phantom cohort written to {out}: {summary}")
+    human, _ = consoles(False)
+    human.print(counts_table(f"Phantom cohort in {out}", dict(summary.counts)))
+    human.print(f"manifest: {summary.manifest}\nground truth: {summary.labels}")
 
 
 @app.command("demo")

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -487,13 +488,64 @@ def _read_wfdb_header(record_name: Path) -> Any:
     if not header_path.is_file():
         raise IngestError(ReasonCode.FILE_UNREADABLE, "WFDB header file not found")
     try:
-        return wfdb.rdheader(str(record_name))
+        return parse_simple_header(header_path.read_text()) or wfdb.rdheader(str(record_name))
     except OSError as exc:
         raise IngestError(ReasonCode.FILE_UNREADABLE, "WFDB header could not be read") from exc
     except Exception as exc:
         raise IngestError(
             ReasonCode.ECG_HEADER_INVALID, f"WFDB header could not be parsed ({type(exc).__name__})"
         ) from exc
+
+
+_RECORD_LINE = re.compile(
+    r"^(?P<name>[-\w]+)\s+(?P<n_sig>\d+)\s+(?P<fs>\d+(?:\.\d+)?)\s+(?P<len>\d+)\b"
+)
+_SIGNAL_LINE = re.compile(
+    r"^(?P<file>[-\w.]+)\s+(?P<fmt>\d+)\s+(?P<gain>\d+(?:\.\d+)?)\((?P<baseline>-?\d+)\)"
+    r"/(?P<units>\S+)\s+(?P<res>\d+)\s+(?P<zero>-?\d+)\s+(?P<init>-?\d+)\s+(?P<checksum>-?\d+)"
+    r"\s+(?P<block>\d+)\s+(?P<name>\S.*?)\s*$"
+)
+
+
+def parse_simple_header(text: str) -> SimpleNamespace | None:
+    """The fully spelled-out single-segment header that PTB-XL and ``wrsamp`` write, or None.
+
+    wfdb's own parser costs about as much as reading a 10 s record (it builds pandas frames),
+    so the common, explicit form is parsed here; anything else (segments, skew, byte offsets,
+    samples per frame, omitted fields whose defaults depend on the format) returns None and is
+    left to wfdb. Tested equal to ``wfdb.rdheader`` on every PTB-XL header.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    comments = [line[1:].strip() for line in lines if line.startswith("#")]
+    body = [line for line in lines if line and not line.startswith("#")]
+    record = _RECORD_LINE.match(body[0]) if body else None
+    if record is None or len(body) != int(record["n_sig"]) + 1:
+        return None
+    signals = [_SIGNAL_LINE.match(line) for line in body[1:]]
+    if not all(signals):
+        return None
+    matched = [m for m in signals if m is not None]
+    return SimpleNamespace(
+        record_name=record["name"],
+        n_sig=int(record["n_sig"]),
+        fs=float(record["fs"]),
+        sig_len=int(record["len"]),
+        file_name=[m["file"] for m in matched],
+        fmt=[m["fmt"] for m in matched],
+        adc_gain=[float(m["gain"]) for m in matched],
+        baseline=[int(m["baseline"]) for m in matched],
+        units=[m["units"] for m in matched],
+        adc_res=[int(m["res"]) for m in matched],
+        adc_zero=[int(m["zero"]) for m in matched],
+        init_value=[int(m["init"]) for m in matched],
+        checksum=[int(m["checksum"]) for m in matched],
+        block_size=[int(m["block"]) for m in matched],
+        sig_name=[m["name"] for m in matched],
+        samps_per_frame=[1] * len(matched),
+        skew=[None] * len(matched),
+        byte_offset=[None] * len(matched),
+        comments=comments,
+    )
 
 
 def _check_wfdb_header(header: Any) -> None:

@@ -466,3 +466,31 @@ def test_format16_fast_path_equals_wfdb_on_real_records(shared_data: Path) -> No
         )
         slow = wfdb.rdrecord(str(record_name), physical=True, return_res=64).p_signal
         np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-9)
+
+
+HEADER_FIELDS = (
+    "n_sig", "fs", "sig_len", "file_name", "fmt", "adc_gain", "baseline", "units", "adc_res",
+    "adc_zero", "sig_name", "samps_per_frame", "skew", "byte_offset", "comments",
+)  # fmt: skip
+
+
+def test_simple_header_parser_equals_wfdb_on_every_ptbxl_header(shared_data: Path) -> None:
+    from clinic.ingest.ecg import parse_simple_header
+
+    headers = sorted((shared_data / "ptbxl").rglob("*.hea"))
+    assert headers
+    for header_path in headers:
+        fast = parse_simple_header(header_path.read_text())
+        assert fast is not None, header_path.name
+        reference = wfdb.rdheader(str(header_path.with_suffix("")))
+        for field in HEADER_FIELDS:
+            assert getattr(fast, field) == getattr(reference, field), (header_path.name, field)
+
+
+def test_simple_header_parser_leaves_unusual_headers_to_wfdb(shared_data: Path) -> None:
+    from clinic.ingest.ecg import parse_simple_header
+
+    mitbih = (shared_data / "wfdb-samples" / "100.hea").read_text()  # gains without units
+    assert parse_simple_header(mitbih) is None
+    assert parse_simple_header("rec/2 12 500 5000\n") is None  # multi-segment
+    assert parse_simple_header("") is None
