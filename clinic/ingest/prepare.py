@@ -70,20 +70,34 @@ Outcome = Prepared | Refused
 
 
 def content_sha256(item: IngestItem) -> str:
-    """The idempotency key of an item: sha256 of its bytes, or of its canonical inline content."""
+    """The idempotency key of an item: sha256 of its file's bytes, or of its canonical content.
+
+    A file that *is* the item (an image, an ECG record, a report file) is keyed by its bytes
+    alone, so the same bytes under another name or linked to another patient are "already
+    stored", never a second copy. Rows (records, labels, inline reports, refusals) are keyed by
+    their canonical JSON, source ids included.
+    """
+    from clinic.ingest.discover import REFUSAL_FIELD
+
     digest = hashlib.sha256(item.kind.value.encode())
-    if item.path is not None and item.path.is_file():
+    whole_file = (
+        item.path is not None
+        and item.text is None
+        and REFUSAL_FIELD not in item.fields
+        and item.kind in (ItemKind.XRAY, ItemKind.ECG, ItemKind.REPORT)
+        and item.path.is_file()
+    )
+    if whole_file:
         for path in _content_files(item):
             digest.update(path.read_bytes())
-        if item.kind in (ItemKind.XRAY, ItemKind.ECG, ItemKind.REPORT) and not item.patient_key:
-            return digest.hexdigest()
+        return digest.hexdigest()
     inline = {
         "patient": item.patient_key,
         "encounter": item.encounter_key,
         "text": item.text,
         "fields": item.fields,
         "labels": [asdict(label) for label in item.labels],
-        "path": None if item.path is None or item.path.is_file() else str(item.path),
+        "path": None if item.path is None else str(item.path),
     }
     digest.update(json.dumps(inline, sort_keys=True, default=str).encode())
     return digest.hexdigest()

@@ -248,11 +248,13 @@ def test_duplicate_bytes_under_two_names_are_stored_once(
     folder.mkdir()
     shutil.copy(png, folder / "a.png")
     shutil.copy(png, folder / "b.png")
-    items = [
-        IngestItem(kind=ItemKind.XRAY, source=str(p), path=p) for p in sorted(folder.iterdir())
-    ]
-    summary = ingest(store, items)
+    summary = ingest(store, list(iter_items_from_paths([folder])))
     assert (summary.ingested, summary.already_stored) == (1, 1)
+    linked = [
+        IngestItem(kind=ItemKind.XRAY, source=str(p), path=p, patient_key=f"other-{p.stem}")
+        for p in sorted(folder.iterdir())
+    ]
+    assert ingest(store, linked).already_stored == 2  # same bytes, whoever they are linked to
 
 
 def test_dicom_identifiers_never_reach_the_store(store: Store, tmp_path: Path) -> None:
