@@ -158,7 +158,10 @@ def status_command(as_json: JsonOption = False) -> None:
         return
     human, _ = consoles(False)
     human.print(counts_table(f"Store {store.settings.home}", counts))
-    human.print(counts_table("Quarantined by reason", quarantined))
+    if quarantined:
+        human.print(counts_table("Quarantined by reason", quarantined))
+    else:
+        human.print("Nothing quarantined.")
 
 
 @quarantine_app.command("list")

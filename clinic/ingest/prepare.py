@@ -3,6 +3,10 @@
 Runs in a worker process. Returns plain, picklable values: a :class:`Prepared` with the rows to
 insert (foreign keys resolved later by the writer) or a :class:`Refused` with a specific reason.
 Blobs are written here, before any row that references them can be committed.
+
+The readers are imported inside the functions that use them: they pull in scipy, pydicom's
+decoders and wfdb, which the worker processes preload once (``engine.WORKER_PRELOAD``) but which
+``clinic status`` and the other light commands should not pay for at start-up.
 """
 
 from __future__ import annotations
