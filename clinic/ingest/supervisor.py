@@ -2,22 +2,27 @@
 
 Decoders are native code: a corrupt file can abort the process (python-gdcm does on a bad JPEG
 2000 stream), crash it, or loop forever, and no ``try``/``except`` or Python-level alarm helps.
-So every worker notes in a journal which item it is decoding. When a worker dies, or nothing
-completes for ``stall_timeout_s``, the pool is torn down; the items the dead workers were holding
-become *suspects* and are decoded once more, alone, in a throw-away process with a time limit. A
-suspect that crashes or times out again is refused with its own reason; the other items go on in
-a fresh pool. A journal left by a killed run (``kill -9``, or an abort with one worker) is read at
-the start of the next one, so a file that takes the whole process down is met as a suspect there.
+So decoding runs in worker processes that each hold a known list of tasks (the first in
+progress, one more sent ahead so the worker never waits). When a worker dies, or its task runs
+longer than ``stall_timeout_s``, the worker is killed and replaced: its task in progress becomes a
+*suspect* and is decoded once more, alone, in a throw-away process with a time limit; a suspect
+that crashes or times out again is refused with its own reason; its unstarted tasks go back to
+the queue. Every worker also notes in a journal which item it is decoding, so an item left in
+flight by a killed run (``kill -9``, or an abort in-process) is met as a suspect by the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -84,6 +89,9 @@ CRASHED = "crashed"
 TIMED_OUT = "timed_out"
 
 
+PREFETCH = 2  # tasks sent ahead to each worker, so it never waits for the next one
+
+
 def run_supervised(
     supervised: Supervised[Task, Result], tasks: list[Task], workers: int
 ) -> Iterator[Result]:
@@ -93,123 +101,149 @@ def run_supervised(
     next run meets the culprit as a suspect.
     """
     suspects = supervised.journal.left_by_dead_processes()
-    if workers <= 0:
-        yield from _run_inline(supervised, tasks, suspects)
-        return
-    remaining = list(tasks)
-    while remaining:
-        isolated = [t for t in remaining if supervised.key(t) in suspects]
-        for task in isolated:
-            yield _run_isolated(supervised, task)
-        remaining = [t for t in remaining if supervised.key(t) not in suspects]
-        if not remaining:
-            return
-        done_keys: set[str] = set()
-        new_suspects: set[str] = set()
-        for result, key in _run_pool(supervised, remaining, workers, new_suspects):
-            done_keys.add(key)
-            yield result
-        remaining = [t for t in remaining if supervised.key(t) not in done_keys]
-        suspects = new_suspects
-        if remaining and not suspects:  # the pool broke without a journal entry: isolate all
-            suspects = {supervised.key(t) for t in remaining}
-
-
-def _run_inline(
-    supervised: Supervised[Task, Result], tasks: list[Task], suspects: set[str]
-) -> Iterator[Result]:
-    global _JOURNAL
-    if supervised.initializer is not None:
-        supervised.initializer(*supervised.initargs)
-    _JOURNAL = supervised.journal
     for task in tasks:
         if supervised.key(task) in suspects:
             yield _run_isolated(supervised, task)
-        else:
-            yield _journaled(supervised.work, supervised.key(task), task)
+    remaining = [t for t in tasks if supervised.key(t) not in suspects]
+    if workers <= 0:
+        yield from _run_inline(supervised, remaining)
+    elif remaining:
+        yield from _run_pool(supervised, remaining, workers)
+
+
+def _run_inline(supervised: Supervised[Task, Result], tasks: list[Task]) -> Iterator[Result]:
+    if supervised.initializer is not None:
+        supervised.initializer(*supervised.initargs)
+    for task in tasks:
+        supervised.journal.mark(supervised.key(task))
+        result = supervised.work(task)
+        supervised.journal.clear()
+        yield result
+
+
+@dataclass
+class _Worker(Generic[Task]):
+    """A decoding process, the tasks sent to it (the first one is in progress), and since when."""
+
+    process: BaseProcess
+    connection: Connection
+    outstanding: list[Task]
+    busy_since: float
 
 
 def _run_pool(
-    supervised: Supervised[Task, Result],
-    tasks: list[Task],
-    workers: int,
-    suspects: set[str],
-) -> Iterator[tuple[Result, str]]:
-    """Run ``tasks`` on a pool until done or broken; on a break, fill ``suspects`` and stop."""
+    supervised: Supervised[Task, Result], tasks: list[Task], workers: int
+) -> Iterator[Result]:
+    """Decode on ``workers`` processes; a dead or stuck one is replaced, its task isolated."""
     context = multiprocessing.get_context("forkserver")
-    executor = ProcessPoolExecutor(
-        max_workers=max(1, workers),
-        mp_context=context,
-        initializer=_journaled_initializer,
-        initargs=(supervised.journal, supervised.initializer, supervised.initargs),
-    )
-    pending: dict[Future[Result], str] = {}
-    queue = iter(tasks)
+    queue = deque(tasks)
+    pool = [_start_worker(context, supervised) for _ in range(min(workers, len(tasks)))]
     try:
-        _fill(executor, supervised, queue, pending, limit=workers * 8)
-        while pending:
-            done, _ = wait(pending, timeout=supervised.stall_timeout_s, return_when=FIRST_COMPLETED)
-            if not done:  # nothing finished for a long time: some decoder hangs
-                raise _StalledError
-            for future in done:
-                key = pending.pop(future)
-                yield future.result(), key
-            _fill(executor, supervised, queue, pending, limit=workers * 8)
-    except (BrokenProcessPool, _StalledError):
-        worker_pids = set(executor._processes or {})  # no public accessor
-        _kill(worker_pids)
-        suspects.update(supervised.journal.held_by(worker_pids))
+        for worker in pool:
+            _feed(worker, queue, PREFETCH)
+        while any(worker.outstanding for worker in pool):
+            busy = [worker for worker in pool if worker.outstanding]
+            deadline = min(w.busy_since for w in busy) + supervised.stall_timeout_s
+            waitables: list[Any] = [w.connection for w in busy] + [w.process.sentinel for w in busy]
+            ready = connection_wait(waitables, timeout=max(deadline - time.monotonic(), 0.0))
+            for index, worker in enumerate(pool):
+                if not worker.outstanding:
+                    continue
+                for result in _drain(worker):
+                    yield result
+                    _feed(worker, queue, 1)
+                stuck = time.monotonic() - worker.busy_since > supervised.stall_timeout_s
+                dead = worker.process.sentinel in ready or not worker.process.is_alive()
+                if worker.outstanding and (dead or stuck):
+                    yield _run_isolated(supervised, _retire(worker, queue, supervised.journal))
+                    pool[index] = _start_worker(context, supervised)
+                    _feed(pool[index], queue, PREFETCH)
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        for worker in pool:
+            _stop(worker)
 
 
-class _StalledError(Exception):
-    """No task completed within the stall timeout."""
+def _start_worker(context: Any, supervised: Supervised[Task, Result]) -> _Worker[Task]:
+    parent, child = context.Pipe(duplex=True)
+    process = context.Process(
+        target=_worker_loop,
+        args=(child, supervised.work, supervised.key, supervised.journal),
+        kwargs={"initializer": supervised.initializer, "initargs": supervised.initargs},
+        daemon=True,
+    )
+    process.start()
+    child.close()
+    return _Worker(process, parent, [], time.monotonic())
 
 
-def _fill(
-    executor: ProcessPoolExecutor,
-    supervised: Supervised[Task, Result],
-    queue: Iterator[Task],
-    pending: dict[Future[Result], str],
-    limit: int,
-) -> None:
-    """Keep a bounded number of tasks in flight, so a broken pool loses few submissions."""
-    while len(pending) < limit:
-        task = next(queue, None)
-        if task is None:
+def _feed(worker: _Worker[Task], queue: deque[Task], count: int) -> None:
+    for _ in range(count):
+        if not queue:
             return
-        pending[executor.submit(_journaled, supervised.work, supervised.key(task), task)] = (
-            supervised.key(task)
-        )
+        task = queue.popleft()
+        if not worker.outstanding:
+            worker.busy_since = time.monotonic()
+        worker.outstanding.append(task)
+        worker.connection.send(task)
 
 
-def _kill(pids: set[int]) -> None:
-    for pid in pids:
+def _drain(worker: _Worker[Task]) -> Iterator[Any]:
+    """Results the worker has sent, oldest task first; stops at a closed pipe (a dead worker)."""
+    while worker.outstanding and worker.connection.poll():
         try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            continue
+            result = worker.connection.recv()
+        except (EOFError, OSError):
+            return
+        worker.outstanding.pop(0)
+        worker.busy_since = time.monotonic()
+        yield result
 
 
-_JOURNAL: InflightJournal | None = None
+def _retire(worker: _Worker[Task], queue: deque[Task], journal: InflightJournal) -> Task:
+    """Kill a dead or stuck worker: its task in progress is returned, the rest queued again."""
+    worker.process.kill()
+    worker.process.join()
+    if worker.process.pid is not None:
+        journal.held_by({worker.process.pid})  # its entry is handled here, not by the next run
+    worker.connection.close()
+    suspect, *unstarted = worker.outstanding
+    queue.extendleft(reversed(unstarted))
+    worker.outstanding = []
+    return suspect
 
 
-def _journaled_initializer(
-    journal: InflightJournal, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
+def _stop(worker: _Worker[Task]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        worker.connection.send(None)
+    worker.process.join(timeout=2)
+    if worker.process.is_alive():
+        worker.process.kill()
+        worker.process.join()
+    worker.connection.close()
+
+
+def _worker_loop(
+    connection: Connection,
+    work: Callable[[Task], Result],
+    key: Callable[[Task], str],
+    journal: InflightJournal,
+    *,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
 ) -> None:
-    global _JOURNAL
-    _JOURNAL = journal
+    """Decode tasks from the pipe until told to stop; the journal names the one in progress."""
     if initializer is not None:
         initializer(*initargs)
-
-
-def _journaled(work: Callable[[Task], Result], key: str, task: Task) -> Result:
-    assert _JOURNAL is not None
-    _JOURNAL.mark(key)
-    result = work(task)
-    _JOURNAL.clear()
-    return result
+    while True:
+        try:
+            task = connection.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        journal.mark(key(task))
+        connection.send(work(task))
+        journal.clear()
 
 
 def _run_isolated(supervised: Supervised[Task, Result], task: Task) -> Result:
