@@ -33,11 +33,13 @@ def progress_bar(console: Console, description: str) -> Iterator[ProgressCallbac
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    # No refresh thread: ingestion forks its workers, and a fork must not copy a thread's locks.
+    with Progress(*columns, console=console, transient=False, auto_refresh=False) as progress:
         task = progress.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
+            progress.refresh()
 
         yield update
 

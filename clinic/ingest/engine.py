@@ -9,7 +9,7 @@ items are simply done again by the next run.
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
+import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,14 +36,14 @@ from clinic.store.models import Cohort, IngestRun, QuarantineItem, SourceItem
 from clinic.store.store import Store
 
 BATCH_SIZE = 64
-# Workers fork from a server that imported the readers once (scipy, pydicom, wfdb are slow to
-# import); forking the main process instead would copy its threads' locks (progress bar, pools).
+# Workers fork from this process, so the readers (scipy, pydicom's decoders, wfdb: seconds to
+# import) are imported here once rather than in every worker.
 WORKER_PRELOAD = (
-    "__main__",  # imported once by the server, not by every worker (the CLI's is heavy)
     "clinic.ingest.prepare",
     "clinic.ingest.ecg",
     "clinic.ingest.xray",
     "clinic.ingest.dicom_deid",
+    "clinic.ingest.dicom_io",
     "clinic.ingest.records",
     "clinic.ingest.reports",
 )
@@ -277,7 +277,8 @@ def _outcomes(
         initializer=_init_worker,
         initargs=(prepare_context(store),),
     )
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
+    for module in WORKER_PRELOAD:  # workers fork from this process: import the readers once
+        importlib.import_module(module)
     yield from run_supervised(supervised, pending, workers)
 
 
