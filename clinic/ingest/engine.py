@@ -12,7 +12,7 @@ import datetime as dt
 import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -275,7 +275,7 @@ def _outcomes(
         crashed=_crashed,
         journal=InflightJournal(store.settings.home / "inflight"),
         initializer=_init_worker,
-        initargs=(prepare_context(store),),
+        initargs=(replace(prepare_context(store), crash_contained=workers > 0),),
     )
     for module in WORKER_PRELOAD:  # workers fork from this process: import the readers once
         importlib.import_module(module)

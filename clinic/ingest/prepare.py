@@ -42,6 +42,7 @@ class PrepareContext:
     ecg_sampling_rate: int = 500
     ecg_duration_s: float = 10.0
     record_schema: str = "clinical_record_v1"
+    crash_contained: bool = False  # decoding runs in a supervised worker (see supervisor.py)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def _prepare_dicom(item: IngestItem, sha256: str, context: PrepareContext) -> Pr
         return _prepared(
             item, sha256, link, "ecg_records", row, kind=ItemKind.ECG, study_date=study_date
         )
-    decoded = decode_dicom_xray(dataset)
+    decoded = decode_dicom_xray(dataset, crash_contained=context.crash_contained)
     link = _link(item, context, decoded.identity)
     file_blob = _store_deidentified(dataset, link, context)
     pixels_blob = context.blobs.put_array(encode_unit_image(decoded.pixels))

@@ -340,3 +340,23 @@ def test_reports_in_csv_columns_become_reports(store: Store, tmp_path: Path) -> 
     assert reports["Sinus"].kind == "ecg"
     assert reports["Patient:"].text == "Patient: [NAME]. Stable."
     assert reports["INDICATION:"].sections["impression"] == "Normal chest."
+
+
+@pytest.mark.slow
+def test_a_decoder_that_aborts_the_process_costs_one_item(store: Store, tmp_path: Path) -> None:
+    """GDCM aborts on this JPEG 2000 stream; the worker dies, the item is quarantined."""
+    from pydicom.encaps import encapsulate
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, corrupt in (("good.dcm", False), ("corrupt.dcm", True)):
+        dataset = pydicom.dcmread(pydicom_file("MR_small_jp2klossless.dcm"))
+        dataset.Modality, dataset.SOPClassUID = "CR", "1.2.840.10008.5.1.4.1.1.1"
+        dataset.PatientID = name
+        if corrupt:
+            dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(256)) * 4])
+        dataset.save_as(folder / name)
+    summary = ingest(store, list(iter_items_from_paths([folder])), IngestOptions(workers=1))
+    assert summary.ingested == 1
+    assert summary.quarantined_by_reason in ({"decoder_crashed": 1}, {"dicom_decode_failed": 1})
+    assert list((store.settings.home / "inflight").glob("*.inflight")) == []

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -471,7 +472,7 @@ def test_constant_image_is_blank() -> None:
 
 
 def test_decode_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    def slow(ds: Dataset, syntax: str) -> npt.NDArray[Any]:
+    def slow(ds: Dataset, syntax: str, **_options: object) -> npt.NDArray[Any]:
         time.sleep(5)
         raise AssertionError("not interrupted")
 
@@ -660,3 +661,19 @@ def test_float32_window_matches_pydicom_reference(
     assert window == (900 * slope + intercept, 1500.0)
     assert shown.dtype == np.float32
     np.testing.assert_allclose(shown, np.clip(expected, 0, 1), atol=2e-5)
+
+
+def test_crash_contained_jpeg2000_decoding_equals_the_safe_decoders() -> None:
+    """GDCM (allowed only in supervised workers) gives the same pixels as OpenJPEG."""
+    for name in ("MR_small_jp2klossless.dcm", "RG1_J2KR.dcm"):
+        path = get_testdata_file(name)
+        if path is None:
+            continue
+        ds = pydicom.dcmread(path)
+        ds.Modality, ds.SOPClassUID = "CR", "1.2.840.10008.5.1.4.1.1.1"
+        safe = decode_dicom_xray(ds)
+        ds_fast = pydicom.dcmread(path)
+        ds_fast.Modality, ds_fast.SOPClassUID = "CR", "1.2.840.10008.5.1.4.1.1.1"
+        fast = decode_dicom_xray(ds_fast, crash_contained=True)
+        assert fast.raw_sha256 == safe.raw_sha256
+        np.testing.assert_array_equal(fast.pixels, safe.pixels)
