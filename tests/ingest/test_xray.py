@@ -494,9 +494,9 @@ def test_decode_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_time_limit_outside_the_main_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     real = xray._decode_pixels
 
-    def slow(ds: Dataset, syntax: Any) -> npt.NDArray[Any]:
+    def slow(ds: Dataset, syntax: Any, **options: bool) -> npt.NDArray[Any]:
         time.sleep(0.3)
-        return real(ds, syntax)
+        return real(ds, syntax, **options)
 
     monkeypatch.setattr(xray, "_decode_pixels", slow)
     results: list[Any] = []
