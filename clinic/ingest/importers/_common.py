@@ -15,7 +15,7 @@ import csv
 import gzip
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO, TypeVar
 
@@ -82,6 +82,33 @@ def guarded(
         return build(row)
     except RowError as error:
         return error_item(kind, source, error, patient_key, encounter_key)
+
+
+Builder = tuple[ItemKind, Callable[[RowT], IngestItem]]
+
+
+def items_per_row(
+    table: Path,
+    rows: Iterator[tuple[int, dict[str, str]]],
+    resolve: Callable[[str, dict[str, str]], RowT],
+    builders: Sequence[Builder[RowT]],
+    keys: Callable[[RowT], tuple[str | None, str | None]],
+) -> Iterator[IngestItem]:
+    """Every builder's item for each table row (patient and encounter ids from ``keys``).
+
+    A row whose ids cannot be resolved yields one error item (of the first builder's kind); a
+    builder that fails yields an error item in its place; either way the import goes on.
+    """
+    for number, values in rows:
+        source = row_source(table, number)
+        try:
+            row = resolve(source, values)
+        except RowError as error:
+            yield error_item(builders[0][0], source, error)
+            continue
+        patient_key, encounter_key = keys(row)
+        for kind, build in builders:
+            yield guarded(kind, build, row, source, patient_key, encounter_key)
 
 
 def layout_error(dataset: str, message: str) -> IngestError:

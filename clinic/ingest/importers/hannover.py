@@ -26,23 +26,23 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.importers._common import (
+    Builder,
     RowError,
     age_fields,
     binary_label,
-    error_item,
-    guarded,
     is_missing,
+    items_per_row,
     layout_error,
     map_sex,
     parse_float,
     read_rows,
     require_dir,
     require_table,
-    row_source,
 )
 from clinic.ingest.types import IngestItem, ItemKind
 
@@ -81,19 +81,17 @@ def _iter_items(
     root: Path, table: Path, rows: Iterator[tuple[int, dict[str, str]]]
 ) -> Iterator[IngestItem]:
     """XRAY, RECORD and LABELS per row; a row without ids yields one error item."""
-    for number, values in rows:
-        source = row_source(table, number)
-        try:
-            row = _resolve_row(root, source, values)
-        except RowError as error:
-            yield error_item(ItemKind.XRAY, source, error)
-            continue
-        for kind, build in (
-            (ItemKind.XRAY, xray_item),
-            (ItemKind.RECORD, record_item),
-            (ItemKind.LABELS, labels_item),
-        ):
-            yield guarded(kind, build, row, source, row.patient_key, row.encounter_key)
+    builders: list[Builder[_Row]] = [
+        (ItemKind.XRAY, xray_item),
+        (ItemKind.RECORD, record_item),
+        (ItemKind.LABELS, labels_item),
+    ]
+    resolve = partial(_resolve_row, root)
+    yield from items_per_row(table, rows, resolve, builders, _keys)
+
+
+def _keys(row: _Row) -> tuple[str | None, str | None]:
+    return row.patient_key, row.encounter_key
 
 
 def _resolve_row(root: Path, source: str, values: Mapping[str, str]) -> _Row:

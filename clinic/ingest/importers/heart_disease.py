@@ -21,19 +21,18 @@ from pathlib import Path
 
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.importers._common import (
+    Builder,
     RowError,
     age_fields,
     binary_label,
-    error_item,
-    guarded,
     is_missing,
+    items_per_row,
     layout_error,
     map_sex,
     parse_bool,
     parse_float,
     parse_id,
     read_rows,
-    row_source,
 )
 from clinic.ingest.types import IngestItem, ItemKind, LabelIn, LabelSource, LabelState
 
@@ -76,15 +75,19 @@ def import_heart_disease(root: Path) -> Iterator[IngestItem]:
 
 def _iter_items(table: Path, rows: Iterator[tuple[int, dict[str, str]]]) -> Iterator[IngestItem]:
     """Two items per row; a row without id yields one error item."""
-    for number, values in rows:
-        source = row_source(table, number)
-        try:
-            row = _Row(source, values, patient_key(values))
-        except RowError as error:
-            yield error_item(ItemKind.RECORD, source, error)
-            continue
-        yield guarded(ItemKind.RECORD, record_item, row, source, row.key, row.key)
-        yield guarded(ItemKind.LABELS, labels_item, row, source, row.key, row.key)
+    builders: list[Builder[_Row]] = [
+        (ItemKind.RECORD, record_item),
+        (ItemKind.LABELS, labels_item),
+    ]
+    yield from items_per_row(table, rows, _resolve_row, builders, _keys)
+
+
+def _resolve_row(source: str, values: dict[str, str]) -> _Row:
+    return _Row(source, values, patient_key(values))
+
+
+def _keys(row: _Row) -> tuple[str | None, str | None]:
+    return row.key, row.key
 
 
 def patient_key(values: Mapping[str, str]) -> str:

@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clinic.ingest.importers._common import (
+    Builder,
     RowError,
-    error_item,
     find_table,
-    guarded,
+    items_per_row,
     parse_id,
     read_rows,
     require_dir,
     require_table,
-    row_source,
 )
 from clinic.ingest.types import IngestItem, ItemKind, LabelIn, LabelSource, LabelState, ReportKind
 
@@ -93,16 +92,20 @@ def _iter_items(
     reports: Path, rows: Iterator[tuple[int, dict[str, str]]], views: Mapping[str, _Views]
 ) -> Iterator[IngestItem]:
     """A REPORT and a LABELS item per row; a row without uid yields one error item."""
-    for number, values in rows:
-        source = row_source(reports, number)
-        try:
-            uid = parse_id(values["uid"], "uid")
-        except RowError as error:
-            yield error_item(ItemKind.REPORT, source, error)
-            continue
-        row = _Row(source, values, "iu" + uid, views.get(uid, _Views()))
-        yield guarded(ItemKind.REPORT, report_item, row, source, row.key, row.key)
-        yield guarded(ItemKind.LABELS, labels_item, row, source, row.key, row.key)
+    builders: list[Builder[_Row]] = [
+        (ItemKind.REPORT, report_item),
+        (ItemKind.LABELS, labels_item),
+    ]
+
+    def resolve(source: str, values: dict[str, str]) -> _Row:
+        uid = parse_id(values["uid"], "uid")
+        return _Row(source, values, "iu" + uid, views.get(uid, _Views()))
+
+    yield from items_per_row(reports, rows, resolve, builders, _keys)
+
+
+def _keys(row: _Row) -> tuple[str | None, str | None]:
+    return row.key, row.key
 
 
 def report_text(values: Mapping[str, str]) -> str:

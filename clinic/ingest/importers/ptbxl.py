@@ -32,11 +32,11 @@ from pathlib import Path, PurePosixPath
 
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.importers._common import (
+    Builder,
     RowError,
     age_fields,
-    error_item,
-    guarded,
     is_missing,
+    items_per_row,
     layout_error,
     map_sex,
     parse_bool,
@@ -45,7 +45,6 @@ from clinic.ingest.importers._common import (
     read_rows,
     require_dir,
     require_table,
-    row_source,
 )
 from clinic.ingest.types import (
     IngestItem,
@@ -121,21 +120,18 @@ def _iter_items(
     superclass_of: Mapping[str, str],
 ) -> Iterator[IngestItem]:
     """Four items per row; a row without usable ids yields one error item instead."""
-    labels = partial(labels_item, superclass_of=superclass_of)
-    for number, values in rows:
-        source = row_source(database, number)
-        try:
-            row = _resolve_row(root, source, values)
-        except RowError as error:
-            yield error_item(ItemKind.ECG, source, error)
-            continue
-        for kind, build in (
-            (ItemKind.ECG, ecg_item),
-            (ItemKind.RECORD, record_item),
-            (ItemKind.REPORT, report_item),
-            (ItemKind.LABELS, labels),
-        ):
-            yield guarded(kind, build, row, source, row.patient_key, row.encounter_key)
+    builders: list[Builder[_Row]] = [
+        (ItemKind.ECG, ecg_item),
+        (ItemKind.RECORD, record_item),
+        (ItemKind.REPORT, report_item),
+        (ItemKind.LABELS, partial(labels_item, superclass_of=superclass_of)),
+    ]
+    resolve = partial(_resolve_row, root)
+    yield from items_per_row(database, rows, resolve, builders, _keys)
+
+
+def _keys(row: _Row) -> tuple[str | None, str | None]:
+    return row.patient_key, row.encounter_key
 
 
 def _resolve_row(root: Path, source: str, values: Mapping[str, str]) -> _Row:
