@@ -49,12 +49,15 @@ CohortOption = Annotated[
 ]
 
 
-def load_settings(mode: RunMode | None = None, *, need_key: bool = False) -> Settings:
-    """Settings from the environment; exits with a clear message when they are unsafe."""
+def load_settings(mode: RunMode | None = None) -> Settings:
+    """Settings from the environment; exits with a clear message when they are unsafe.
+
+    Every command that opens the store checks the pseudonymisation key, not only those that
+    ingest: a store is only ever opened under the key its pseudonyms were made with.
+    """
     try:
         settings = Settings.from_env(mode=mode)
-        if need_key:
-            settings.check()
+        settings.check()
     except (SettingsError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -110,7 +113,7 @@ def ingest_command(
     Folders are walked; a folder holding manifest.csv is read through it. Re-running is safe:
     inputs already stored are counted, never duplicated.
     """
-    settings = load_settings(need_key=True)
+    settings = load_settings()
     items = _collect(iter_items_from_paths(list(paths)))
     if manifest is not None:
         items += _collect(iter_manifest_items(manifest))
@@ -131,7 +134,7 @@ def _register_importer(name: str) -> None:
         workers: WorkersOption = 1,
         as_json: JsonOption = False,
     ) -> None:
-        settings = load_settings(need_key=True)
+        settings = load_settings()
         items = _collect(IMPORTERS[name](root))
         options = IngestOptions(
             workers=workers, cohort=cohort, command=f"import {name}", sources=(str(root),)
@@ -149,7 +152,11 @@ for _importer_name in IMPORTERS:
 @app.command("status")
 def status_command(as_json: JsonOption = False) -> None:
     """Counts of patients, images, ECGs, records, reports, labels and quarantined inputs."""
-    store = Store.open(load_settings())
+    print_status(load_settings(), as_json)
+
+
+def print_status(settings: Settings, as_json: bool) -> None:
+    store = Store.open(settings)
     with store.session() as session:
         counts, quarantined = table_counts(session), quarantine_counts(session)
     store.close()
@@ -157,7 +164,7 @@ def status_command(as_json: JsonOption = False) -> None:
         print_json({"counts": counts, "quarantined": quarantined})
         return
     human, _ = consoles(False)
-    human.print(counts_table(f"Store {store.settings.home}", counts))
+    human.print(counts_table(f"Store {settings.home}", counts))
     if quarantined:
         human.print(counts_table("Quarantined by reason", quarantined))
     else:
@@ -226,7 +233,7 @@ def demo_command(
     """The demo: synthesise a phantom cohort, ingest it into CLINIC_HOME, print the status."""
     from clinic.synth import synthesize_cohort
 
-    settings = load_settings(RunMode.DEMO, need_key=True)
+    settings = load_settings(RunMode.DEMO)
     cohort_dir = settings.home / "demo-cohort"
     if not (cohort_dir / "manifest.csv").is_file():
         typer.echo(f"synthesising {patients} phantom patients into {cohort_dir} …")
@@ -236,4 +243,9 @@ def demo_command(
         workers=workers, cohort="demo", command="demo", sources=(str(cohort_dir),)
     )
     run_ingest(settings, items, options, as_json=False)
-    status_command(as_json=False)
+    print_status(settings, as_json=False)
+    typer.echo(
+        f"\nThe demo store is {settings.home}. Look around with, for example:\n"
+        "  CLINIC_MODE=demo .venv/bin/clinic quarantine list\n"
+        "  CLINIC_MODE=demo .venv/bin/clinic status --json"
+    )

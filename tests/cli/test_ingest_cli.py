@@ -60,11 +60,14 @@ def test_ingest_status_and_quarantine_print_the_documented_json(
     assert again == {"seen": 3, "ingested": 0, "already_stored": 2, "quarantined": 1}
 
 
-def test_production_mode_refuses_to_ingest_without_a_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [["ingest", ".", "--json"], ["status", "--json"], ["quarantine", "list"]]
+)
+def test_production_mode_refuses_to_start_without_a_key(tmp_path: Path, command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINIC_")}
     env["CLINIC_HOME"] = str(tmp_path)
     result = subprocess.run(
-        [*CLINIC, "ingest", str(tmp_path), "--json"], env=env, capture_output=True, text=True
+        [*CLINIC, *command], env=env, capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 2
     assert "CLINIC_PSEUDONYM_KEY is not set" in result.stderr
