@@ -25,8 +25,12 @@ TEXT_SUFFIXES = {".txt"}
 def iter_items_from_paths(paths: list[Path]) -> Iterator[IngestItem]:
     """Items for files and folders given on the command line, in a stable order."""
     for path in paths:
+        if not path.exists():
+            raise IngestError(ReasonCode.FILE_UNREADABLE, f"{path} does not exist")
         if path.is_dir() and (path / MANIFEST_NAME).is_file():
             yield from iter_manifest_items(path / MANIFEST_NAME)
+        elif path.is_file() and path.name == MANIFEST_NAME:
+            yield from iter_manifest_items(path)
         elif path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 yield from _items_for_file(file)

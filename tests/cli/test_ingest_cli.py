@@ -161,3 +161,9 @@ def test_two_concurrent_ingesters_never_duplicate(
     store = Store.open(settings)
     assert modality_counts(store)["ecg_records"] == 40
     store.close()
+
+
+def test_a_missing_path_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    result = run_cli(settings, "ingest", str(tmp_path / "nowhere"), "--json")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr

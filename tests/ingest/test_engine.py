@@ -360,3 +360,13 @@ def test_a_decoder_that_aborts_the_process_costs_one_item(store: Store, tmp_path
     assert summary.ingested == 1
     assert summary.quarantined_by_reason in ({"decoder_crashed": 1}, {"dicom_decode_failed": 1})
     assert list((store.settings.home / "inflight").glob("*.inflight")) == []
+
+
+def test_a_manifest_given_as_a_file_is_followed(
+    store: Store, shared_data: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    write_mixed_folder(folder, shared_data)
+    from_folder = list(iter_items_from_paths([folder]))
+    from_file = list(iter_items_from_paths([folder / "manifest.csv"]))
+    assert from_file == from_folder and len(from_file) == 9
