@@ -4,7 +4,7 @@ Each command builds :class:`~clinic.settings.Settings` from the environment and 
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -82,10 +82,13 @@ def run_ingest(
     return summary
 
 
-def _collect(items_iterable: Iterable[IngestItem]) -> list[IngestItem]:
-    """Materialise items; a manifest or layout that cannot be read stops with its reason."""
+def _collect(make_items: Callable[[], Iterable[IngestItem]]) -> list[IngestItem]:
+    """Materialise items; a path, manifest or layout that cannot be read stops with its reason.
+
+    Importers check their layout when called and discovery when iterated: both are inside here.
+    """
     try:
-        return list(items_iterable)
+        return list(make_items())
     except IngestError as error:
         typer.echo(f"error: {error.reason.value}: {error.message}", err=True)
         raise typer.Exit(2) from error
@@ -114,9 +117,9 @@ def ingest_command(
     inputs already stored are counted, never duplicated.
     """
     settings = load_settings()
-    items = _collect(iter_items_from_paths(list(paths)))
+    items = _collect(lambda: iter_items_from_paths(list(paths)))
     if manifest is not None:
-        items += _collect(iter_manifest_items(manifest))
+        items += _collect(lambda: iter_manifest_items(manifest))
     options = IngestOptions(
         workers=workers,
         cohort=cohort,
@@ -135,7 +138,7 @@ def _register_importer(name: str) -> None:
         as_json: JsonOption = False,
     ) -> None:
         settings = load_settings()
-        items = _collect(IMPORTERS[name](root))
+        items = _collect(lambda: IMPORTERS[name](root))
         options = IngestOptions(
             workers=workers, cohort=cohort, command=f"import {name}", sources=(str(root),)
         )
@@ -238,7 +241,7 @@ def demo_command(
     if not (cohort_dir / "manifest.csv").is_file():
         typer.echo(f"synthesising {patients} phantom patients into {cohort_dir} …")
         synthesize_cohort(cohort_dir, patients=patients, seed=seed)
-    items = _collect(iter_items_from_paths([cohort_dir]))
+    items = _collect(lambda: iter_items_from_paths([cohort_dir]))
     options = IngestOptions(
         workers=workers, cohort="demo", command="demo", sources=(str(cohort_dir),)
     )

@@ -96,3 +96,12 @@ def test_chest_xray_layouts_keep_views_splits_and_four_label_states(
     assert views & {"PA", "AP"}
     assert states == {"positive", "negative", "uncertain", "not_mentioned"}
     assert splits - {None}
+
+
+@pytest.mark.parametrize(("name", "folder"), [("ptbxl", "missing"), ("hannover", "ptbxl")])
+def test_a_wrong_layout_is_a_clear_error(
+    settings: Settings, shared_data: Path, name: str, folder: str
+) -> None:
+    result = run_cli(settings, "import", name, str(shared_data / folder), "--json")
+    assert result.returncode == 2
+    assert "import_layout_invalid" in result.stderr and "Traceback" not in result.stderr
