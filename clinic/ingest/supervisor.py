@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from clinic.store.blobs import _process_alive
+from clinic.store.blobs import process_alive
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -65,7 +65,7 @@ class InflightJournal:
         dead = {
             int(path.stem)
             for path in self.root.glob("*.inflight")
-            if path.stem.isdigit() and not _process_alive(int(path.stem))
+            if path.stem.isdigit() and not process_alive(int(path.stem))
         }
         return self.held_by(dead)
 

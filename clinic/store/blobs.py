@@ -68,14 +68,14 @@ class BlobStore:
             return 0
         for temporary in self.root.glob(f"*/*/{TEMP_PREFIX}*"):
             pid = temporary.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and _process_alive(int(pid)):
+            if pid.isdigit() and process_alive(int(pid)):
                 continue
             temporary.unlink(missing_ok=True)
             removed += 1
         return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
