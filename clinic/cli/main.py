@@ -4,7 +4,9 @@ Each command builds :class:`~clinic.settings.Settings` from the environment and 
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
 """
 
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -71,8 +73,11 @@ def run_ingest(
     human, errors = consoles(as_json)
     store = Store.open(settings)
     try:
-        with progress_bar(errors, "ingesting") as progress:
+        with progress_bar(errors, "ingesting") as progress, _stop_on_sigterm():
             summary = ingest(store, items, options, progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: committed batches are kept; run it again to finish", err=True)
+        raise typer.Exit(130) from None
     finally:
         store.close()
     if as_json:
@@ -80,6 +85,23 @@ def run_ingest(
     else:
         human.print(summary_table(summary))
     return summary
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so the run is recorded as interrupted and workers stop."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _collect(make_items: Callable[[], Iterable[IngestItem]]) -> list[IngestItem]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -233,6 +234,13 @@ def _stop(worker: _Worker[Task]) -> None:
     worker.connection.close()
 
 
+def _leave_signals_to_the_parent() -> None:
+    """Ctrl-C and SIGTERM are the parent's to handle (it stops its workers); a worker exits
+    quietly on SIGTERM instead of inheriting the parent's handlers through the fork."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _worker_loop(
     connection: Connection,
     work: Callable[[Task], Result],
@@ -243,6 +251,7 @@ def _worker_loop(
     initargs: tuple[Any, ...],
 ) -> None:
     """Decode tasks from the pipe until told to stop; the journal names the one in progress."""
+    _leave_signals_to_the_parent()
     if initializer is not None:
         initializer(*initargs)
     while True:
@@ -290,6 +299,7 @@ def _isolated_entry(
     initializer: Callable[..., None] | None,
     initargs: tuple[Any, ...],
 ) -> None:
+    _leave_signals_to_the_parent()
     if initializer is not None:
         initializer(*initargs)
     sender.send(work(task))

@@ -167,3 +167,35 @@ def test_a_missing_path_is_a_clear_error(settings: Settings, tmp_path: Path) -> 
     result = run_cli(settings, "ingest", str(tmp_path / "nowhere"), "--json")
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_records_the_run_as_interrupted_and_keeps_committed_batches(
+    settings: Settings, shared_data: Path, tmp_path: Path
+) -> None:
+    from clinic.store.models import IngestRun
+
+    folder = tmp_path / "in"
+    copy_ptbxl_records(shared_data, folder, 120)
+    store = Store.open(settings)
+    process = subprocess.Popen(
+        [*CLINIC, "ingest", str(folder), "--workers", "2", "--batch-size", "4", "--json"],
+        env=cli_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while _source_item_count(store) < 8 and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the ingest finished before it could be stopped; give it more work")
+        time.sleep(0.05)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    with store.session() as session:
+        run = session.scalars(select(IngestRun).order_by(IngestRun.id.desc())).first()
+    assert run is not None and run.status == "interrupted"
+    assert 8 <= run.counts["ingested"] == _source_item_count(store) < 120
+    store.close()
