@@ -20,6 +20,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TABLE_SUFFIXES = {".csv", ".parquet", ".tsv"}
 TEXT_SUFFIXES = {".txt"}
+TableRows = list[tuple[int, dict[str, str]]]  # (row number, cells as text)
 
 
 def iter_items_from_paths(paths: list[Path]) -> Iterator[IngestItem]:
@@ -78,31 +79,24 @@ def iter_table_items(path: Path, kind: ItemKind | None = None) -> Iterator[Inges
     A table that is missing or unreadable becomes one item carrying the refusal, so it is
     quarantined with its reason like any other input instead of stopping the run.
     """
+    from clinic.ingest.records import read_raw_table
+
     try:
-        columns = _table_columns(path)
+        rows = list(read_raw_table(path))  # read (and decoded) once, whatever the table holds
     except (IngestError, OSError) as error:
         yield refused_item(kind or ItemKind.RECORD, path, error)
         return
+    columns = {column.strip().lower() for column in rows[0][1]} if rows else set()
     if kind is ItemKind.LABELS or "label" in columns:
-        yield from _iter_label_items(path)
+        yield from _iter_label_items(path, rows)
     elif kind is ItemKind.REPORT or columns & REPORT_TEXT_COLUMNS:
-        yield from _iter_report_rows(path)
+        yield from _iter_report_rows(path, rows)
     else:
-        yield from _iter_record_items(path)
+        yield from _iter_record_items(path, rows)
 
 
-def _table_columns(path: Path) -> set[str]:
-    from clinic.ingest.records import read_raw_table
-
-    for _row_number, row in read_raw_table(path):
-        return {column.strip().lower() for column in row}
-    return set()
-
-
-def _iter_record_items(path: Path) -> Iterator[IngestItem]:
-    from clinic.ingest.records import read_raw_table
-
-    for row_number, row in read_raw_table(path):
+def _iter_record_items(path: Path, rows: TableRows) -> Iterator[IngestItem]:
+    for row_number, row in rows:
         patient = (row.pop("patient_id", None) or "").strip() or None
         encounter = (row.pop("encounter_id", None) or "").strip() or None
         yield IngestItem(
@@ -121,11 +115,9 @@ REPORT_TEXT_COLUMNS = frozenset(
 _SECTION_COLUMNS = ("indication", "comparison", "technique", "findings", "impression")
 
 
-def _iter_report_rows(path: Path) -> Iterator[IngestItem]:
+def _iter_report_rows(path: Path, rows: TableRows) -> Iterator[IngestItem]:
     """One report per row of a table with a text column (or indication/findings/impression)."""
-    from clinic.ingest.records import read_raw_table
-
-    for row_number, raw in read_raw_table(path):
+    for row_number, raw in rows:
         row = {key.strip().lower(): value for key, value in raw.items()}
         yield IngestItem(
             kind=ItemKind.REPORT,
@@ -150,12 +142,10 @@ def compose_report_text(row: dict[str, str]) -> str:
     return "\n".join(sections)
 
 
-def _iter_label_items(path: Path) -> Iterator[IngestItem]:
-    from clinic.ingest.records import read_raw_table
-
+def _iter_label_items(path: Path, rows: TableRows) -> Iterator[IngestItem]:
     grouped: dict[tuple[str, str], list[LabelIn]] = {}
     first_row: dict[tuple[str, str], int] = {}
-    for row_number, row in read_raw_table(path):
+    for row_number, row in rows:
         source = f"{path}#row={row_number}"
         key = ((row.get("patient_id") or "").strip(), (row.get("encounter_id") or "").strip())
         try:

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clinic.ingest.discover import REFUSAL_FIELD
 from clinic.ingest.errors import IngestError, ReasonCode
 from clinic.ingest.pseudonym import Pseudonymizer
 from clinic.ingest.types import (
+    STANDARD_LEADS,
     DecodedEcg,
     IngestItem,
     ItemKind,
@@ -82,8 +84,6 @@ def content_sha256(item: IngestItem) -> str:
     stored", never a second copy. Rows (records, labels, inline reports, refusals) are keyed by
     their canonical JSON, source ids included.
     """
-    from clinic.ingest.discover import REFUSAL_FIELD
-
     digest = hashlib.sha256(item.kind.value.encode())
     whole_file = (
         item.path is not None
@@ -144,8 +144,6 @@ def prepare_item(item: IngestItem, sha256: str, context: PrepareContext) -> Outc
 
 
 def _refuse_if_flagged(item: IngestItem) -> None:
-    from clinic.ingest.discover import REFUSAL_FIELD
-
     refusal = item.fields.get(REFUSAL_FIELD)
     if refusal:
         raise IngestError(ReasonCode(refusal[0]), str(refusal[1]))
@@ -322,7 +320,7 @@ def _store_deidentified(dataset: Any, link: _Link, context: PrepareContext) -> s
 
 
 def _ecg_row(ecg: DecodedEcg, context: PrepareContext, source_blobs: list[str]) -> dict[str, Any]:
-    leads_present = [lead for lead, ok in zip(_standard_leads(), ecg.lead_mask, strict=True) if ok]
+    leads_present = [lead for lead, ok in zip(STANDARD_LEADS, ecg.lead_mask, strict=True) if ok]
     return {
         "signal_blob": context.blobs.put_array(ecg.signal),
         "source_blobs": source_blobs,
@@ -336,12 +334,6 @@ def _ecg_row(ecg: DecodedEcg, context: PrepareContext, source_blobs: list[str]) 
         "quality_flags": {lead: list(flags) for lead, flags in ecg.quality_flags.items()},
         "has_quality_issue": any(ecg.quality_flags.values()),
     }
-
-
-def _standard_leads() -> tuple[str, ...]:
-    from clinic.ingest.types import STANDARD_LEADS
-
-    return STANDARD_LEADS
 
 
 def _prepare_ecg(item: IngestItem, sha256: str, context: PrepareContext) -> Prepared:

@@ -43,7 +43,7 @@ class InflightJournal:
         return self.root / f"{pid}.inflight"
 
     def mark(self, key: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Note ``key`` as this process's task in progress (run_supervised made the folder)."""
         self._file(os.getpid()).write_text(key)
 
     def clear(self) -> None:
@@ -113,6 +113,7 @@ def run_supervised(
     next run meets the culprit as a suspect.
     """
     suspects = supervised.journal.left_by_dead_processes()
+    supervised.journal.root.mkdir(parents=True, exist_ok=True)  # once, not once per task
     for task in tasks:
         if supervised.key(task) in suspects:
             yield _run_isolated(supervised, task)

@@ -8,12 +8,13 @@ counts it as already stored. A batch commits whole or not at all, so every item 
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
@@ -107,23 +108,27 @@ def _ensure_encounters(session: Session, prepared: Sequence[Prepared]) -> dict[s
 
 
 def _fill_encounter_details(session: Session, prepared: Iterable[Prepared]) -> None:
-    """An encounter created by one item may learn its split or study date from a later item."""
+    """An encounter created by one item may learn its split or study date from a later item.
+
+    One UPDATE per detail, executed for the batch's encounters at once (executemany); only
+    columns still empty are filled.
+    """
+    splits: dict[str, str] = {}
+    dates: dict[str, dt.date] = {}
     for item in prepared:
         if item.split is not None:
-            session.execute(
-                update(Encounter)
-                .where(Encounter.pseudonym == item.encounter, Encounter.split.is_(None))
-                .values(split=item.split)
-            )
+            splits.setdefault(item.encounter, item.split)
         if item.study_date_shifted is not None:
-            session.execute(
-                update(Encounter)
-                .where(
-                    Encounter.pseudonym == item.encounter,
-                    Encounter.study_date_shifted.is_(None),
-                )
-                .values(study_date_shifted=item.study_date_shifted)
+            dates.setdefault(item.encounter, item.study_date_shifted)
+    table = Encounter.__table__
+    for column, values in (("split", splits), ("study_date_shifted", dates)):
+        if values:
+            statement = (
+                table.update()  # type: ignore[attr-defined]
+                .where(table.c.pseudonym == bindparam("key"), table.c[column].is_(None))
+                .values({column: bindparam("value")})
             )
+            session.execute(statement, [{"key": k, "value": v} for k, v in values.items()])
 
 
 def _claim_source_items(

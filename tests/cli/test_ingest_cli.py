@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -89,6 +90,25 @@ def _source_item_count(store: Store) -> int:
         return int(session.scalar(select(func.count()).select_from(SourceItem)) or 0)
 
 
+def start_ingest_and_wait_for_commits(
+    settings: Settings, store: Store, folder: Path, committed: int, **popen: Any
+) -> subprocess.Popen[str]:
+    """Start a 2-worker ingest in small batches; return once ``committed`` items are stored."""
+    process = subprocess.Popen(
+        [*CLINIC, "ingest", str(folder), "--workers", "2", "--batch-size", "4", "--json"],
+        env=cli_env(settings),
+        stdout=subprocess.DEVNULL,
+        text=True,
+        **popen,
+    )
+    deadline = time.monotonic() + 300
+    while _source_item_count(store) < committed and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the ingest finished before it could be stopped; give it more work")
+        time.sleep(0.05)
+    return process
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_a_clean_run(
     settings: Settings, shared_data: Path, tmp_path: Path
@@ -96,18 +116,9 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(
     folder = tmp_path / "in"
     copy_ptbxl_records(shared_data, folder, 120)
     store = Store.open(settings)
-    process = subprocess.Popen(
-        [*CLINIC, "ingest", str(folder), "--workers", "2", "--batch-size", "4", "--json"],
-        env=cli_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    process = start_ingest_and_wait_for_commits(
+        settings, store, folder, 10, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 300
-    while _source_item_count(store) < 10 and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the ingest finished before it could be killed; give it more work")
-        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = _source_item_count(store)
@@ -178,18 +189,7 @@ def test_sigterm_records_the_run_as_interrupted_and_keeps_committed_batches(
     folder = tmp_path / "in"
     copy_ptbxl_records(shared_data, folder, 120)
     store = Store.open(settings)
-    process = subprocess.Popen(
-        [*CLINIC, "ingest", str(folder), "--workers", "2", "--batch-size", "4", "--json"],
-        env=cli_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while _source_item_count(store) < 8 and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the ingest finished before it could be stopped; give it more work")
-        time.sleep(0.05)
+    process = start_ingest_and_wait_for_commits(settings, store, folder, 8, stderr=subprocess.PIPE)
     process.terminate()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
