@@ -1,0 +1,148 @@
+"""ClinicModel: four encoders into one space, then fusion and a multi-label head.
+
+    batch ──► encoders[m] (rows where m is present) ──► (B, D) unit vectors per modality
+                                                          │  (+ measured ECG features)
+                                                          ▼
+                               ModalityFusion (padding mask, modality dropout)
+                                                          ▼
+                                       logits (B, K), fused (B, D)
+
+Encoders run only on the rows that have their modality, so a batch of ECG-only cases never pays
+for the image network. ``modalities`` restricts a model to a subset (a dedicated single- or
+sub-set model for baselines shares all the code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from clinic.data.dataset import PreprocessConfig
+from clinic.models.config import ModelConfig
+from clinic.models.encoders import build_encoders
+from clinic.models.fusion import ModalityFusion, drop_modalities
+from clinic.models.loss import LogitScale
+from schemas.modalities import MODALITIES
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (B, K)
+    fused: Tensor  # (B, D)
+    embeddings: dict[str, Tensor]  # modality → (B, D), zeros where absent
+    present: dict[str, Tensor]  # modality → (B,) bool, after modality dropout
+    reconstruction_loss: Tensor
+
+
+class MeasurementEncoder(nn.Module):
+    """Measured ECG features (intervals, amplitudes, ST levels) → a residual in the ECG space."""
+
+    def __init__(self, n_features: int, embed_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * n_features, hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, embed_dim),
+        )
+
+    def forward(self, values: Tensor, missing: Tensor) -> Tensor:
+        out: Tensor = self.net(torch.cat([values, missing], dim=1))
+        return out  # (B, D)
+
+
+class ClinicModel(nn.Module):
+    """The whole model; ``label_names`` fixes the head's output order by name."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        preprocess: PreprocessConfig,
+        label_names: Sequence[str],
+        modalities: Sequence[str] = MODALITIES,
+    ) -> None:
+        super().__init__()
+        self.config, self.preprocess = config, preprocess
+        self.label_names = tuple(label_names)
+        self.modalities = tuple(m for m in MODALITIES if m in set(modalities))
+        encoders = build_encoders(config, max(preprocess.n_record_features, 1))
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        self.measurements = (
+            MeasurementEncoder(preprocess.n_measurements, config.embed_dim)
+            if preprocess.n_measurements and "ecg" in self.modalities
+            else None
+        )
+        f = config.fusion
+        self.fusion = ModalityFusion(
+            config.embed_dim, len(self.label_names), layers=f.layers, heads=f.heads,
+            dim_feedforward=f.dim_feedforward, dropout=f.dropout,
+        )  # fmt: skip
+        self.logit_scale = LogitScale()
+
+    def present_masks(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Presence per modality this model uses (rows without it, or modalities it ignores: no)."""
+        return {m: batch[f"present_{m}"].bool() for m in self.modalities}
+
+    def embed(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Unit embeddings (B, D) per modality of this model; zero rows where absent."""
+        present = self.present_masks(batch)
+        out: dict[str, Tensor] = {}
+        for modality in self.modalities:
+            rows = present[modality]
+            size = (rows.shape[0], self.config.embed_dim)
+            full = torch.zeros(size, device=rows.device)
+            if bool(rows.any()):
+                encoded = self._encode(modality, batch, rows)
+                full = full.to(encoded.dtype).index_put((rows.nonzero(as_tuple=True)[0],), encoded)
+            out[modality] = full
+        return out
+
+    def _encode(self, modality: str, batch: Mapping[str, Tensor], rows: Tensor) -> Tensor:
+        encoder = self.encoders[modality]
+        if modality == "xray":
+            return encoder(batch["xray"][rows])  # type: ignore[no-any-return]
+        if modality == "ecg":
+            embedded = encoder(batch["ecg"][rows], batch["ecg_lead_mask"][rows])
+            if self.measurements is None:
+                return embedded  # type: ignore[no-any-return]
+            measured = self.measurements(
+                batch["ecg_measurements"][rows], batch["ecg_measurements_missing"][rows]
+            )
+            return functional.normalize(embedded + measured, dim=-1)
+        if modality == "record":
+            return encoder(batch["record"][rows], batch["record_missing"][rows])  # type: ignore[no-any-return]
+        return encoder(  # type: ignore[no-any-return]
+            batch["report_input_ids"][rows], batch["report_attention_mask"][rows]
+        )
+
+    def forward(
+        self,
+        batch: Mapping[str, Tensor],
+        *,
+        drop_probability: float = 0.0,
+        hide: Sequence[str] = (),
+    ) -> ModelOutput:
+        """Encode, optionally drop modalities (training) or ``hide`` some (evaluation), fuse."""
+        embeddings = self.embed(batch)
+        return self.fuse(embeddings, self.present_masks(batch), drop_probability, hide)
+
+    def fuse(
+        self,
+        embeddings: Mapping[str, Tensor],
+        present: Mapping[str, Tensor],
+        drop_probability: float = 0.0,
+        hide: Sequence[str] = (),
+    ) -> ModelOutput:
+        """Fusion step alone: also used on cached embeddings, where encoders are frozen."""
+        visible: dict[str, Tensor] = {
+            m: mask & (m not in hide) for m, mask in present.items() if m in self.modalities
+        }
+        kept, dropped = drop_modalities(visible, drop_probability if self.training else 0.0)
+        fused = self.fusion(embeddings, kept, dropped)
+        return ModelOutput(
+            fused.logits, fused.fused, dict(embeddings), kept, fused.reconstruction_loss
+        )
