@@ -101,3 +101,21 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "CLINIC_PSEUDONYM_KEY": TEST_KEY,
         "CLINIC_MODE": "test",
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A small ingested phantom cohort (cohort "tiny"), built once per session; read-only."""
+    from tests.modelkit import build_tiny_store
+
+    return build_tiny_store(tmp_path_factory.mktemp("tiny-phantom"))
+
+
+@pytest.fixture
+def tiny_store(tiny_phantom: Settings, tmp_path: Path) -> Iterator[Store]:
+    """A private, writable copy of the tiny phantom store."""
+    from tests.modelkit import copy_store
+
+    opened = Store.open(copy_store(tiny_phantom, tmp_path))
+    yield opened
+    opened.close()

@@ -1,4 +1,4 @@
-"""``clinic``: ingest, inspect and (in later releases) train, predict and review.
+"""``clinic``: ingest, inspect, train and evaluate (predict and review come in later releases).
 
 Each command builds :class:`~clinic.settings.Settings` from the environment and opens the store in
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from clinic.cli.model_commands import evaluate_command_factory
+from clinic.cli.model_commands import register as register_model_commands
 from clinic.cli.output import (
     consoles,
     counts_table,
@@ -172,6 +174,9 @@ def _register_importer(name: str) -> None:
 
 for _importer_name in IMPORTERS:
     _register_importer(_importer_name)
+
+register_model_commands(app, load_settings)
+app.command("evaluate")(evaluate_command_factory(load_settings))
 
 
 @app.command("status")

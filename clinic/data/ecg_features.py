@@ -40,7 +40,7 @@ Float32Array = npt.NDArray[np.float32]
 
 PER_LEAD_FEATURES: tuple[str, ...] = (
     "r_amp", "s_amp", "q_amp", "q_dur", "qrs_ptp", "qrs_area",
-    "st_j60", "st_slope", "t_amp", "p_amp",
+    "st_j60", "st_slope", "t_amp", "p_amp", "r_time", "qrs_term",
 )  # fmt: skip
 RHYTHM_FEATURES: tuple[str, ...] = (
     "hr_bpm", "rr_mean_ms", "rr_std_ms", "rr_rmssd_ms", "rr_pnn50",
@@ -59,6 +59,16 @@ LIMB_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF")
 PRECORDIAL_LEADS = ("V1", "V2", "V3", "V4", "V5", "V6")
 # Leads whose T wave is normally upright: a negative T there is a finding.
 UPRIGHT_T_LEADS = ("I", "II", "aVL", "aVF", "V3", "V4", "V5", "V6")
+# Infarct territories: Q waves, ST elevation and T inversion that agree across a territory's
+# leads are what separates a myocardial infarction from one odd lead.
+TERRITORIES: dict[str, tuple[str, ...]] = {
+    "anterior": ("V1", "V2", "V3", "V4"),
+    "inferior": ("II", "III", "aVF"),
+    "lateral": ("I", "aVL", "V5", "V6"),
+}
+TERRITORY_FEATURES: tuple[str, ...] = tuple(
+    f"{territory}_{name}" for territory in TERRITORIES for name in ("q_dur_max", "st_max", "t_min")
+)
 
 MIN_DURATION_S = 1.5
 WORKING_RATE_HZ = 250.0  # rate features are measured at (integer decimation, so at least)
@@ -72,7 +82,7 @@ DOMINANT_CORR = 0.85  # beats less alike than this to the median are ectopic/noi
 def ecg_feature_names() -> tuple[str, ...]:
     """Feature names in output order: per-lead (``"V2_st_j60"``), rhythm, then global."""
     per_lead = tuple(f"{lead}_{name}" for lead in STANDARD_LEADS for name in PER_LEAD_FEATURES)
-    return per_lead + RHYTHM_FEATURES + GLOBAL_FEATURES
+    return per_lead + RHYTHM_FEATURES + GLOBAL_FEATURES + TERRITORY_FEATURES
 
 
 def ecg_features(signal: npt.NDArray[np.floating], fs: float) -> Float32Array:
@@ -363,7 +373,7 @@ def find_fiducials(leads: FloatArray, r: int, fs: float, rr_ms: float) -> _Fiduc
 
     QRS bounds: where the summed |slope| over leads falls under 12% of its QRS peak (above the
     window's floor). T end: tangent at the steepest T downslope of the spatial RMS meets the PR
-    baseline. P: RMS peak in the window before QRS onset, bounded by the previous beat's T.
+    baseline. P: RMS peak in the window before QRS onset, after the previous beat's T end.
     """
     width = leads.shape[1]
     slope = uniform_filter1d(np.abs(np.diff(leads, axis=1)).sum(axis=0) * fs, _ms(16.0, fs))
@@ -379,6 +389,8 @@ def find_fiducials(leads: FloatArray, r: int, fs: float, rr_ms: float) -> _Fiduc
     t_limit = min(width - 1, r + _ms(min(BEAT_POST_MS - 10.0, 0.75 * cycle_ms), fs))
     t_peak, t_end = _t_wave(rms, qrs_off + _ms(80.0, fs), t_limit)
     p_lo = max(0, qrs_on - _ms(min(320.0, 0.5 * cycle_ms), fs))
+    if t_end is not None and math.isfinite(rr_ms):  # no P before the previous beat's T ends
+        p_lo = max(0, qrs_on - _ms(320.0, fs), math.ceil(t_end) - _ms(rr_ms, fs))
     p_on, p_peak, p_off = _p_wave(rms, p_lo, qrs_on - _ms(30.0, fs), qrs_on)
     return _Fiducials(r, qrs_on, qrs_off, t_peak, t_end, p_on, p_off, p_peak)
 
@@ -457,6 +469,8 @@ def _per_lead(corrected: FloatArray, fid: _Fiducials, fs: float) -> dict[str, Fl
         "st_slope": (at(80.0) - at(40.0)) / 0.04,
         "t_amp": _signed_extreme(corrected, fid.t_peak, (fid.qrs_off + _ms(80.0, fs), width), fs),
         "p_amp": _signed_extreme(corrected, fid.p_peak, (0, fid.qrs_on), fs),
+        "r_time": r_index / fs * 1000.0,
+        "qrs_term": qrs[:, -_ms(40.0, fs) :].mean(axis=1),
     }
     return {name: np.where(missing, np.nan, value) for name, value in features.items()}
 
@@ -508,7 +522,7 @@ def _intervals(leads: FloatArray, fid: _Fiducials, fs: float, rr_ms: float) -> d
 
 
 def _global_morphology(per_lead: dict[str, FloatArray]) -> dict[str, float]:
-    """Axes, hypertrophy voltages, low voltage, ST/T summaries, R-wave progression."""
+    """Axes, hypertrophy voltages, low voltage, ST/T and territory summaries, R progression."""
 
     def lead(feature: str, name: str) -> float:
         return float(per_lead[feature][LEAD_INDEX[name]])
@@ -525,7 +539,16 @@ def _global_morphology(per_lead: dict[str, FloatArray]) -> dict[str, float]:
     limb, chest = group("qrs_ptp", LIMB_LEADS), group("qrs_ptp", PRECORDIAL_LEADS)
     t_upright = group("t_amp", UPRIGHT_T_LEADS)
     ptp_all = per_lead["qrs_ptp"]
-    return {
+    territories = {
+        f"{territory}_{name}": summary(group(feature, leads))
+        for territory, leads in TERRITORIES.items()
+        for name, feature, summary in (
+            ("q_dur_max", "q_dur", _nanmax),
+            ("st_max", "st_j60", _nanmax),
+            ("t_min", "t_amp", _nanmin),
+        )
+    }
+    return territories | {
         "qrs_axis_deg": qrs_axis,
         "t_axis_deg": t_axis,
         "qrs_t_angle_deg": abs((qrs_axis - t_axis + 180.0) % 360.0 - 180.0),

@@ -117,11 +117,14 @@ class RandCropSignald(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Case:
         out = dict(data)
+        start: int | None = None
         for key in self.key_iterator(out):
             signal = out[key]
-            spare = signal.shape[-1] - self.length
-            start = int(self.R.randint(0, spare + 1)) if spare > 0 else 0
-            out[key] = fit_length(signal[..., start : start + self.length], self.length)
+            spare = max(signal.shape[-1] - self.length, 0)
+            if start is None:
+                start = int(self.R.randint(0, spare + 1)) if spare > 0 else 0
+            offset = min(start, spare)
+            out[key] = fit_length(signal[..., offset : offset + self.length], self.length)
         return out
 
 

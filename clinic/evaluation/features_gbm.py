@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -34,10 +35,16 @@ class GbmParams:
 
 
 class FeaturesGbm:
-    """Per-label ``HistGradientBoostingClassifier``; rows whose label is unknown are skipped."""
+    """Per-label ``HistGradientBoostingClassifier``; rows whose label is unknown are skipped.
 
-    def __init__(self, params: GbmParams | None = None) -> None:
+    ``threads`` caps OpenMP while fitting and predicting (1 by default): on a few hundred rows
+    the per-iteration thread synchronisation costs more than it saves, and on a shared, busy
+    machine it made one fit 20× slower than single-threaded.
+    """
+
+    def __init__(self, params: GbmParams | None = None, threads: int = 1) -> None:
         self.params = params or GbmParams()
+        self.threads = threads
         self.label_names: tuple[str, ...] = ()
         # Per label: a fitted model, or the known prevalence when only one class was seen.
         self._models: list[HistGradientBoostingClassifier | float] = []
@@ -56,9 +63,10 @@ class FeaturesGbm:
                 f"Y has shape {labels.shape}; expected ({features.shape[0]}, {len(label_names)})"
             )
         self.label_names = tuple(label_names)
-        self._models = [
-            self._fit_label(features, labels[:, k], seed + k) for k in range(labels.shape[1])
-        ]
+        with threadpool_limits(limits=self.threads, user_api="openmp"):
+            self._models = [
+                self._fit_label(features, labels[:, k], seed + k) for k in range(labels.shape[1])
+            ]
         return self
 
     def predict_proba(self, X: npt.ArrayLike) -> FloatArray:
@@ -66,12 +74,13 @@ class FeaturesGbm:
         if not self.label_names:
             raise RuntimeError("FeaturesGbm.predict_proba called before fit")
         features = _as_matrix(X)
-        columns = [
-            model.predict_proba(features)[:, 1]
-            if isinstance(model, HistGradientBoostingClassifier)
-            else np.full(features.shape[0], model)
-            for model in self._models
-        ]
+        with threadpool_limits(limits=self.threads, user_api="openmp"):
+            columns = [
+                model.predict_proba(features)[:, 1]
+                if isinstance(model, HistGradientBoostingClassifier)
+                else np.full(features.shape[0], model)
+                for model in self._models
+            ]
         return np.stack(columns, axis=1).astype(np.float64)
 
     def _fit_label(

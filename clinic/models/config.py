@@ -16,7 +16,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any, Literal, TypeVar
 
-XrayBackbone = Literal["efficientnet-lite0", "monai-resnet18"]
+XrayBackbone = Literal["efficientnet-lite0", "monai-resnet18", "small-cnn"]
 RecordMixer = Literal["transformer", "mlp"]
 
 _CONFIG_PACKAGE = "clinic.models"
@@ -46,6 +46,7 @@ class XrayEncoderConfig:
 
     backbone: XrayBackbone = "efficientnet-lite0"
     pretrained: bool = True
+    freeze_backbone: bool = False
     image_size: int = 224
     projection_hidden: int = 512
 
@@ -53,8 +54,8 @@ class XrayEncoderConfig:
         _require_positive("xray", image_size=self.image_size, hidden=self.projection_hidden)
         _require(self.image_size % 32 == 0, "xray.image_size must be a multiple of 32")
         _require(
-            not (self.backbone == "monai-resnet18" and self.pretrained),
-            "xray: monai-resnet18 has no packaged 2-D weights; set pretrained to false",
+            not (self.backbone != "efficientnet-lite0" and self.pretrained),
+            f"xray: {self.backbone} has no packaged weights; set pretrained to false",
         )
 
 

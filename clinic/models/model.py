@@ -16,17 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
 from clinic.data.dataset import PreprocessConfig
+from clinic.models._projection import l2_normalise
+from clinic.models.cache import FrozenFeatureCache
 from clinic.models.config import ModelConfig
 from clinic.models.encoders import build_encoders
 from clinic.models.fusion import ModalityFusion, drop_modalities
+from clinic.models.lora import attached_adapters
 from clinic.models.loss import LogitScale
 from schemas.modalities import MODALITIES
+
+_INPUT_KEYS = {
+    "xray": ("xray",),
+    "ecg": ("ecg", "ecg_lead_mask"),
+    "record": ("record", "record_missing"),
+    "report": ("report_input_ids", "report_attention_mask"),
+}
 
 
 @dataclass
@@ -82,6 +93,7 @@ class ClinicModel(nn.Module):
             dim_feedforward=f.dim_feedforward, dropout=f.dropout,
         )  # fmt: skip
         self.logit_scale = LogitScale()
+        self.feature_cache = FrozenFeatureCache()
 
     def present_masks(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Presence per modality this model uses (rows without it, or modalities it ignores: no)."""
@@ -102,22 +114,26 @@ class ClinicModel(nn.Module):
         return out
 
     def _encode(self, modality: str, batch: Mapping[str, Tensor], rows: Tensor) -> Tensor:
-        encoder = self.encoders[modality]
-        if modality == "xray":
-            return encoder(batch["xray"][rows])  # type: ignore[no-any-return]
-        if modality == "ecg":
-            embedded = encoder(batch["ecg"][rows], batch["ecg_lead_mask"][rows])
-            if self.measurements is None:
-                return embedded  # type: ignore[no-any-return]
+        encoder: Any = self.encoders[modality]
+        inputs = [batch[key][rows] for key in _INPUT_KEYS[modality]]
+        if self._backbone_frozen(modality):
+            pooled = self.feature_cache.features(modality, encoder.features, *inputs)
+            out: Tensor = l2_normalise(encoder.projection(pooled))
+        else:
+            out = encoder(*inputs)
+        if modality == "ecg" and self.measurements is not None:
             measured = self.measurements(
                 batch["ecg_measurements"][rows], batch["ecg_measurements_missing"][rows]
             )
-            return functional.normalize(embedded + measured, dim=-1)
-        if modality == "record":
-            return encoder(batch["record"][rows], batch["record_missing"][rows])  # type: ignore[no-any-return]
-        return encoder(  # type: ignore[no-any-return]
-            batch["report_input_ids"][rows], batch["report_attention_mask"][rows]
-        )
+            out = functional.normalize(out + measured, dim=-1)
+        return out
+
+    def _backbone_frozen(self, modality: str) -> bool:
+        """True when the encoder's backbone is frozen and carries no adapters (cacheable)."""
+        encoder: Any = self.encoders[modality]
+        config = encoder.config
+        frozen = getattr(config, "freeze_backbone", False) or getattr(config, "freeze_base", False)
+        return modality in ("xray", "report") and frozen and not attached_adapters(encoder)
 
     def forward(
         self,

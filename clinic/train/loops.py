@@ -6,7 +6,7 @@ progress and schedules. Everything runs under :func:`autocast_for`, so CUDA gets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +70,7 @@ def finetune_epoch(
     reconstruction_weight: float,
     pos_weight: Tensor | None = None,
     progress: Progress | None = None,
+    hide: Sequence[str] = (),
 ) -> EpochResult:
     """One supervised pass: masked BCE on the head + the reconstruction of dropped modalities."""
     model.train()
@@ -78,7 +79,7 @@ def finetune_epoch(
     for batch in batches:
         moved = to_device(batch, device)
         with autocast_for(device):
-            output = model(moved, drop_probability=drop_probability)
+            output = model(moved, drop_probability=drop_probability, hide=hide)
         loss = masked_bce(output.logits, moved["labels"], weight)
         loss = loss + reconstruction_weight * output.reconstruction_loss.float()
         optimiser.zero_grad()

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader
 from clinic.data.dataset import CaseDataset, make_collate
 from clinic.data.splits import SplitPlan
 from clinic.models.calibration import fit_calibration
-from clinic.models.config import load_model_config
+from clinic.models.config import ModelConfig, load_model_config
 from clinic.models.loss import MultiModalContrastiveLoss
 from clinic.models.model import ClinicModel
 from clinic.store.store import Store
+from clinic.train.adapters import attach_model_adapters, save_model_adapters
 from clinic.train.artifacts import (
     TrainingState,
     clear_checkpoint,
@@ -88,13 +89,15 @@ class TrainRequest:
     split_plan: SplitPlan = field(default_factory=SplitPlan)
     measure_ecg: bool = True
     min_auroc: float = 0.6
+    config: ModelConfig | None = None  # overrides config_name (tests, notebooks)
+    adapter: str | None = None  # finetune trains only LoRA adapters + head under this name
 
 
 def pretrain(store: Store, request: TrainRequest, reporter: Reporter) -> dict[str, Any]:
     """Contrastive pre-training of every encoder on the cohort's training split."""
     seed_everything(request.seed)
     data = _load(store, request)
-    config = load_model_config(request.config_name)
+    config = request.config or load_model_config(request.config_name)
     preprocess = fit_preprocess(config, data.splits["train"])
     if request.measure_ecg:
         preprocess = fit_measurements(preprocess, data.splits["train"], store)
@@ -113,10 +116,38 @@ def finetune(store: Store, request: TrainRequest, reporter: Reporter) -> dict[st
     directory = model_dir(request.home, request.model_name)
     model = load_model(directory)
     data = _load(store, request, model.label_names)
+    if request.adapter:
+        return _finetune_adapter(store, request, data, model, directory, reporter)
     history = _train_stage(store, request, data, model, directory, "finetune", reporter)
     weights = save_model(model, directory)
     previous = _previous_history(directory)
     card = _card(model, data, request, directory, {**previous, "finetune": history}, weights)
+    write_json(directory / "card.json", card)
+    return card
+
+
+def _finetune_adapter(
+    store: Store,
+    request: TrainRequest,
+    data: CohortData,
+    model: ClinicModel,
+    directory: Path,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Train LoRA adapters + head only; the base weights file is left untouched."""
+    adapter = request.adapter or ""
+    base_hashes = attach_model_adapters(model, adapter)
+    stage = f"adapter:{adapter}"
+    history = _train_stage(store, request, data, model, directory, stage, reporter)
+    manifest = save_model_adapters(model, directory, adapter, base_hashes)
+    card = read_json(directory / "card.json")
+    card.setdefault("adapters", {})[adapter] = {
+        **manifest,
+        "cohort": request.cohort,
+        "data": data.summary(),
+        "training": history,
+        "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+    }
     write_json(directory / "card.json", card)
     return card
 

@@ -1,0 +1,221 @@
+"""The three contenders of the PTB-XL benchmark, trained on identical data.
+
+Datasets are built once (their preprocessing is fitted on the training records only) and
+shared by every seed and model, so the contenders differ in method only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from clinic.benchmarks.windows import windowed_probabilities
+from clinic.data.cases import Case
+from clinic.data.dataset import CaseDataset, make_collate
+from clinic.data.ecg_features import ecg_features
+from clinic.evaluation.features_gbm import FeaturesGbm
+from clinic.evaluation.metrics import auroc
+from clinic.ingest.importers.ptbxl import SUPERCLASSES
+from clinic.models.config import ModelConfig, load_model_config
+from clinic.models.encoders import ResNet1dClassifier
+from clinic.models.loss import MultiModalContrastiveLoss
+from clinic.models.model import ClinicModel
+from clinic.store.store import Store
+from clinic.train.data import fit_measurements, fit_preprocess, make_dataset
+from clinic.train.device import autocast_for, pick_device, seed_everything, to_device
+from clinic.train.loops import finetune_epoch, pretrain_epoch
+from clinic.train.losses import masked_bce, positive_weights
+from clinic.train.runner import Reporter
+
+if TYPE_CHECKING:
+    from clinic.benchmarks.ptbxl import PtbxlOptions
+
+FloatArray = npt.NDArray[np.float64]
+ECG_MODALITIES = ("ecg", "record", "report")
+STRIDE_FRACTION = 0.5
+
+
+@dataclass
+class PtbxlData:
+    """Datasets shared by every contender: training crops, full-length validation and test."""
+
+    config: ModelConfig
+    template: ClinicModel
+    train: CaseDataset
+    val: CaseDataset
+    test: CaseDataset
+    store: Store
+
+    @classmethod
+    def build(
+        cls,
+        store: Store,
+        train: Sequence[Case],
+        val: Sequence[Case],
+        test: Sequence[Case],
+        options: PtbxlOptions,
+    ) -> PtbxlData:
+        config = load_model_config(options.config_name)
+        preprocess = fit_measurements(fit_preprocess(config, train), train, store)
+        template = ClinicModel(config, preprocess, SUPERCLASSES, ECG_MODALITIES)
+        full = replace(preprocess, ecg_window=int(10 * preprocess.ecg_rate_hz))
+        datasets = [
+            make_dataset(train, store, template, train=True),
+            make_dataset(val, store, template, train=False, preprocess=full),
+            make_dataset(test, store, template, train=False, preprocess=full),
+        ]
+        for dataset in datasets:
+            dataset.warm()
+        return cls(config, template, datasets[0], datasets[1], datasets[2], store)
+
+    @property
+    def window(self) -> int:
+        return self.template.preprocess.ecg_window
+
+
+def train_ours(data: PtbxlData, options: PtbxlOptions, seed: int, reporter: Reporter) -> FloatArray:
+    """Contrastive pre-training (ECG ↔ report ↔ record), then ECG + record fine-tuning."""
+    seed_everything(seed)
+    device = pick_device(options.device)
+    model = ClinicModel(data.config, data.template.preprocess, SUPERCLASSES, ECG_MODALITIES)
+    model.feature_cache = data.template.feature_cache  # frozen MiniLM features, shared
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    loss_fn = MultiModalContrastiveLoss()
+    for epoch in range(options.pretrain_epochs):
+        result = pretrain_epoch(model, _loader(data.train, seed, epoch), optimiser, device, loss_fn)
+        if epoch + 1 == options.pretrain_epochs:
+            reporter.note(f"  pre-training loss {result.loss:.3f}")
+    fused = model.config.fusion
+    weights = positive_weights(torch.from_numpy(data.train.labels))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    schedule = _cosine(optimiser, options.finetune_epochs)
+
+    def step(epoch: int) -> None:
+        finetune_epoch(
+            model, _loader(data.train, seed, 1000 + epoch), optimiser, device,
+            drop_probability=fused.modality_dropout,
+            reconstruction_weight=fused.reconstruction_weight, pos_weight=weights,
+            hide=("report",),
+        )  # fmt: skip
+        schedule.step()
+
+    def logits(batch: dict[str, Tensor]) -> Tensor:
+        with autocast_for(device):
+            out: Tensor = model(batch, hide=("report",)).logits
+        return out
+
+    return _fit_and_predict(model, step, logits, data, options.finetune_epochs, device)
+
+
+def train_resnet1d(data: PtbxlData, options: PtbxlOptions, seed: int) -> FloatArray:
+    """The supervised 1-D ResNet baseline on the same trunk, crops and windows."""
+    seed_everything(seed)
+    device = pick_device(options.device)
+    model = ResNet1dClassifier(data.config.ecg, len(SUPERCLASSES)).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    schedule = _cosine(optimiser, options.baseline_epochs)
+    weights = positive_weights(torch.from_numpy(data.train.labels)).to(device)
+
+    def step(epoch: int) -> None:
+        model.train()
+        for batch in _loader(data.train, seed, 1000 + epoch):
+            moved = to_device(batch, device)
+            with autocast_for(device):
+                out = model(moved["ecg"], moved["ecg_lead_mask"])
+            loss = masked_bce(out, moved["labels"], weights)
+            optimiser.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+        schedule.step()
+
+    def logits(batch: dict[str, Tensor]) -> Tensor:
+        with autocast_for(device):
+            out: Tensor = model(batch["ecg"], batch["ecg_lead_mask"])
+        return out
+
+    return _fit_and_predict(model, step, logits, data, options.baseline_epochs, device)
+
+
+def _fit_and_predict(
+    model: nn.Module,
+    step: Callable[[int], None],
+    logits: Callable[[dict[str, Tensor]], Tensor],
+    data: PtbxlData,
+    epochs: int,
+    device: torch.device,
+) -> FloatArray:
+    """Train for ``epochs``, keep the weights with the best validation macro AUROC, predict."""
+    best: tuple[float, dict[str, Tensor]] | None = None
+    for epoch in range(epochs):
+        step(epoch)
+        score = macro_auroc(predict(model, logits, data.val, data.window, device), data.val.labels)
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None:
+        model.load_state_dict(best[1])
+    return predict(model, logits, data.test, data.window, device)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    logits: Callable[[dict[str, Tensor]], Tensor],
+    dataset: CaseDataset,
+    window: int,
+    device: torch.device,
+) -> FloatArray:
+    """(N, K) window-averaged probabilities over a full-length dataset."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=64, collate_fn=make_collate(dataset.preprocess))
+    stride = max(1, int(window * STRIDE_FRACTION))
+    parts = [
+        windowed_probabilities(to_device(batch, device), logits, window, stride) for batch in loader
+    ]
+    return np.concatenate(parts)
+
+
+def macro_auroc(probabilities: FloatArray, labels: npt.NDArray[Any]) -> float:
+    values = [auroc(labels[:, k], probabilities[:, k]) for k in range(labels.shape[1])]
+    defined = [v for v in values if np.isfinite(v)]
+    return float(np.mean(defined)) if defined else 0.0
+
+
+def features_gbm_probabilities(data: PtbxlData) -> FloatArray:
+    """Handcrafted features + age + sex into per-label gradient boosting."""
+    train_cases = data.train.cases + data.val.cases
+    x_train = _feature_rows(data.store, train_cases)
+    labels = np.concatenate([data.train.labels, data.val.labels])
+    model = FeaturesGbm().fit(x_train, labels, SUPERCLASSES, seed=0)
+    return np.asarray(model.predict_proba(_feature_rows(data.store, data.test.cases)), np.float64)
+
+
+def _feature_rows(store: Store, cases: Sequence[Case]) -> FloatArray:
+    rows = []
+    for case in cases:
+        signal = np.asarray(store.blobs.get_array(case.ecg_blob or ""), dtype=np.float32)
+        measured = ecg_features(signal, float(case.ecg_rate_hz)).astype(np.float64)
+        record = case.record or {}
+        demographics = [record.get("age_years", np.nan), record.get("is_female", np.nan)]
+        rows.append(np.concatenate([measured, np.asarray(demographics, dtype=np.float64)]))
+    return np.stack(rows)
+
+
+def _loader(dataset: CaseDataset, seed: int, epoch: int) -> DataLoader[Any]:
+    generator = torch.Generator()
+    generator.manual_seed(seed * 100_003 + epoch)
+    return DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=generator, drop_last=True,
+        collate_fn=make_collate(dataset.preprocess),
+    )  # fmt: skip
+
+
+def _cosine(optimiser: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(epochs, 1))

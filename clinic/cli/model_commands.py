@@ -1,0 +1,260 @@
+"""``clinic train …``, ``clinic evaluate`` and ``clinic run <benchmark>``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from clinic.cli.output import consoles, print_json
+from clinic.data.cases import CohortNotFoundError
+from clinic.data.splits import SplitPlan
+from clinic.settings import Settings
+from clinic.store.store import Store
+from clinic.train.artifacts import ModelNotFoundError
+from clinic.train.runner import TrainRequest, calibrate, finetune, pretrain
+
+train_app = typer.Typer(help="Train a model on a cohort: pretrain, finetune, calibrate.")
+run_app = typer.Typer(help="Benchmarks that anyone can run from a fresh clone.")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ModelOption = Annotated[str, typer.Option("--model", help="Model name (folder under models/).")]
+CohortOption = Annotated[
+    str | None, typer.Option("--cohort", help="Cohort to train on (default: every case).")
+]
+ConfigOption = Annotated[
+    str, typer.Option("--config", help="Named model config: cpu-small or gpu-base.")
+]
+EpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=2, help="Cases per step.")]
+LrOption = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: best available).")
+]
+VocabularyOption = Annotated[
+    str | None, typer.Option("--labels-from", help="Only labels of this vocabulary.")
+]
+LabelsOption = Annotated[
+    str | None, typer.Option("--labels", help="Comma-separated label names to predict.")
+]
+TestFoldsOption = Annotated[
+    str, typer.Option("--test-folds", help="Stored fold numbers used as the test split.")
+]
+ValFoldsOption = Annotated[
+    str, typer.Option("--val-folds", help="Stored fold numbers used as the validation split.")
+]
+
+
+class RichReporter:
+    """Progress bars and notes on a console (stderr when the command prints JSON)."""
+
+    def __init__(self, progress: Progress, console: Console) -> None:
+        self.progress, self.console = progress, console
+        self.task: Any = None
+
+    def start(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, amount)
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(message)
+
+
+@contextmanager
+def reporter_for(as_json: bool) -> Iterator[RichReporter]:
+    console = consoles(as_json)[0]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield RichReporter(progress, console)
+
+
+def _folds(text: str) -> frozenset[int]:
+    try:
+        return frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"folds must be comma-separated integers, got {text!r}") from error
+
+
+def _run_stage(
+    stage: Callable[[Store, TrainRequest, RichReporter], dict[str, Any]],
+    request: TrainRequest,
+    settings: Settings,
+    as_json: bool,
+) -> None:
+    store = Store.open(settings)
+    try:
+        with reporter_for(as_json) as reporter:
+            card = stage(store, request, reporter)
+    except (CohortNotFoundError, ModelNotFoundError, ValueError, KeyError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    finally:
+        store.close()
+    if as_json:
+        print_json(card)
+    else:
+        consoles(False)[0].print(f"model {request.model_name}: {card['directory']}")
+
+
+def register(app: typer.Typer, load_settings: Callable[[], Settings]) -> None:
+    """Attach the model commands to the ``clinic`` app."""
+    app.add_typer(train_app, name="train")
+    app.add_typer(run_app, name="run")
+
+    def make_request(
+        model: str, cohort: str | None, **values: Any
+    ) -> tuple[Settings, TrainRequest]:
+        settings = load_settings()
+        labels = values.pop("labels")
+        plan = SplitPlan(test_folds=_folds(values.pop("test_folds")),
+                         val_folds=_folds(values.pop("val_folds")))  # fmt: skip
+        names = tuple(n.strip() for n in labels.split(",") if n.strip()) if labels else ()
+        request = TrainRequest(home=settings.home, model_name=model, cohort=cohort,
+                               label_names=names, split_plan=plan, **values)  # fmt: skip
+        return settings, request
+
+    for name, stage, doc in (
+        ("pretrain", pretrain, "Contrastive pre-training of the encoders (every modality pair)."),
+        ("finetune", finetune, "Supervised training: fusion + head, modality dropout."),
+        ("calibrate", calibrate, "Fit per-subset calibration on the validation split."),
+    ):
+        _register_stage(name, stage, doc, make_request)
+
+
+def _register_stage(
+    name: str,
+    stage: Callable[[Store, TrainRequest, RichReporter], dict[str, Any]],
+    doc: str,
+    make_request: Callable[..., tuple[Settings, TrainRequest]],
+) -> None:
+    def command(
+        model: ModelOption,
+        cohort: CohortOption = None,
+        config: ConfigOption = "cpu-small",
+        epochs: EpochsOption = 5,
+        batch_size: BatchOption = 32,
+        lr: LrOption = 1e-3,
+        seed: SeedOption = 0,
+        device: DeviceOption = None,
+        labels_from: VocabularyOption = None,
+        labels: LabelsOption = None,
+        test_folds: TestFoldsOption = "10",
+        val_folds: ValFoldsOption = "9",
+        adapter: Annotated[
+            str | None,
+            typer.Option(help="finetune only: train LoRA adapters + head under this name."),
+        ] = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        if adapter and name != "finetune":
+            typer.echo("error: --adapter applies to finetune only", err=True)
+            raise typer.Exit(2)
+        settings, request = make_request(
+            model, cohort, config_name=config, epochs=epochs, batch_size=batch_size, lr=lr,
+            seed=seed, device=device, label_vocabulary=labels_from, labels=labels,
+            test_folds=test_folds, val_folds=val_folds, adapter=adapter,
+        )  # fmt: skip
+        _run_stage(stage, request, settings, as_json)
+
+    command.__doc__ = doc
+    train_app.command(name)(command)
+
+
+def evaluate_command_factory(load_settings: Callable[[], Settings]) -> Callable[..., None]:
+    """``clinic evaluate``: the model on every modality subset beside in-run baselines."""
+
+    def evaluate_command(
+        model: ModelOption,
+        cohort: CohortOption = None,
+        out: Annotated[Path | None, typer.Option(help="Folder for JSON, Markdown, PNG.")] = None,
+        resamples: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 1000,
+        device: DeviceOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Per-subset AUROC / AUPRC / ECE with bootstrap CIs, baselines, zero-shot, retrieval."""
+        from clinic.evaluation.evaluate import EvaluationRequest, evaluate
+        from clinic.evaluation.subsets import EvaluationSettings
+
+        settings = load_settings()
+        folder = out or settings.home / "evaluations" / model
+        request = EvaluationRequest(settings.home, model, cohort, folder,
+                                    EvaluationSettings(n_resamples=resamples), device)  # fmt: skip
+        store = Store.open(settings)
+        try:
+            result = evaluate(store, request)
+        except (CohortNotFoundError, ModelNotFoundError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        finally:
+            store.close()
+        if as_json:
+            print_json(result)
+        else:
+            consoles(False)[0].print((folder / "evaluation.md").read_text())
+
+    return evaluate_command
+
+
+@run_app.command("phantom-benchmark")
+def phantom_benchmark_command(
+    patients: Annotated[int, typer.Option(min=50, help="Phantom patients.")] = 3000,
+    seed: SeedOption = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for synthesis/ingest.")] = 2,
+    home: Annotated[Path | None, typer.Option(help="Keep the store here (default: temp).")] = None,
+    pretrain_epochs: Annotated[int, typer.Option(min=1)] = 4,
+    finetune_epochs: Annotated[int, typer.Option(min=1)] = 8,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Full evaluation on a fresh phantom cohort, with the oracle ceiling from latent evidence."""
+    from clinic.benchmarks.phantom import PhantomOptions, run_phantom_benchmark
+
+    options = PhantomOptions(patients=patients, seed=seed, workers=workers, home=home,
+                             pretrain_epochs=pretrain_epochs, finetune_epochs=finetune_epochs,
+                             device=device)  # fmt: skip
+    with reporter_for(as_json) as reporter:
+        result = run_phantom_benchmark(options, reporter)
+    print_json(result) if as_json else consoles(False)[0].print_json(data=result)
+
+
+@run_app.command("ptbxl-benchmark")
+def ptbxl_benchmark_command(
+    train: Annotated[Path, typer.Option(help="PTB-XL-layout folder to train on.")],
+    test: Annotated[Path, typer.Option(help="PTB-XL-layout folder to test on.")],
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds for the neural models.")] = 3,
+    test_folds: Annotated[
+        str, typer.Option(help="When train and test are one folder: its test folds, e.g. 7,8.")
+    ] = "",
+    workers: Annotated[int, typer.Option(min=1, help="Processes for the import.")] = 2,
+    home: Annotated[Path | None, typer.Option(help="Keep the store here (default: temp).")] = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Our ECG pathway vs a supervised 1-D ResNet and features + gradient boosting."""
+    from clinic.benchmarks.ptbxl import PtbxlOptions, run_ptbxl_benchmark
+
+    for folder in (train, test):
+        if not (folder / "ptbxl_database.csv").is_file():
+            typer.echo(f"error: {folder} is not a PTB-XL folder (no ptbxl_database.csv)", err=True)
+            raise typer.Exit(2)
+    options = PtbxlOptions(train_dir=train, test_dir=test, seeds=seeds, workers=workers,
+                           test_folds=_folds(test_folds), home=home, device=device)  # fmt: skip
+    try:
+        with reporter_for(as_json) as reporter:
+            result = run_ptbxl_benchmark(options, reporter)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    print_json(result) if as_json else consoles(False)[0].print_json(data=result)
