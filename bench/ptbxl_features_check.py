@@ -40,9 +40,9 @@ def candidate_params() -> dict[str, GbmParams]:
     base = GbmParams()
     return {
         "default": base,
-        "all_features": replace(base, max_features=1.0),
-        "shallow_slow": replace(base, max_leaf_nodes=7, max_iter=300, learning_rate=0.03),
-        "leaf20_l2_5": replace(base, min_samples_leaf=20, l2_regularization=5.0),
+        "leaf10_features50": replace(base, min_samples_leaf=10, max_features=0.5),
+        "leaves8": replace(base, max_leaf_nodes=8),
+        "l2_3": replace(base, l2_regularization=3.0),
         "lr0.1_iter150": replace(base, learning_rate=0.1, max_iter=150),
     }
 

@@ -6,6 +6,7 @@ shared by every seed and model, so the contenders differ in method only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from clinic.train.data import fit_measurements, fit_preprocess, make_dataset
 from clinic.train.device import autocast_for, pick_device, seed_everything, to_device
 from clinic.train.loops import finetune_epoch, pretrain_epoch
 from clinic.train.losses import masked_bce, positive_weights
-from clinic.train.runner import Reporter
+from clinic.train.runner import Reporter, feature_cache_dir
 
 if TYPE_CHECKING:
     from clinic.benchmarks.ptbxl import PtbxlOptions
@@ -65,6 +66,7 @@ class PtbxlData:
         config = load_model_config(options.config_name)
         preprocess = fit_measurements(fit_preprocess(config, train), train, store)
         template = ClinicModel(config, preprocess, SUPERCLASSES, ECG_MODALITIES)
+        template.bind_feature_cache(feature_cache_dir(store.settings.home))
         full = replace(preprocess, ecg_window=int(10 * preprocess.ecg_rate_hz))
         datasets = [
             make_dataset(train, store, template, train=True),
@@ -112,10 +114,12 @@ def train_ours(data: PtbxlData, options: PtbxlOptions, seed: int, reporter: Repo
             out: Tensor = model(batch, hide=("report",)).logits
         return out
 
-    return _fit_and_predict(model, step, logits, data, options.finetune_epochs, device)
+    return _fit_and_predict(model, step, logits, data, options.finetune_epochs, device, reporter)
 
 
-def train_resnet1d(data: PtbxlData, options: PtbxlOptions, seed: int) -> FloatArray:
+def train_resnet1d(
+    data: PtbxlData, options: PtbxlOptions, seed: int, reporter: Reporter
+) -> FloatArray:
     """The supervised 1-D ResNet baseline on the same trunk, crops and windows."""
     seed_everything(seed)
     device = pick_device(options.device)
@@ -141,7 +145,7 @@ def train_resnet1d(data: PtbxlData, options: PtbxlOptions, seed: int) -> FloatAr
             out: Tensor = model(batch["ecg"], batch["ecg_lead_mask"])
         return out
 
-    return _fit_and_predict(model, step, logits, data, options.baseline_epochs, device)
+    return _fit_and_predict(model, step, logits, data, options.baseline_epochs, device, reporter)
 
 
 def _fit_and_predict(
@@ -151,6 +155,7 @@ def _fit_and_predict(
     data: PtbxlData,
     epochs: int,
     device: torch.device,
+    reporter: Reporter,
 ) -> FloatArray:
     """Train for ``epochs``, keep the weights with the best validation macro AUROC, predict."""
     best: tuple[float, dict[str, Tensor]] | None = None
@@ -159,6 +164,10 @@ def _fit_and_predict(
         score = macro_auroc(predict(model, logits, data.val, data.window, device), data.val.labels)
         if best is None or score > best[0]:
             best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        reporter.note(
+            f"  {time.strftime('%H:%M:%S')} epoch {epoch + 1}/{epochs}: "
+            f"validation macro AUROC {score:.3f}"
+        )
     if best is not None:
         model.load_state_dict(best[1])
     return predict(model, logits, data.test, data.window, device)

@@ -258,3 +258,62 @@ def ptbxl_benchmark_command(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     print_json(result) if as_json else consoles(False)[0].print_json(data=result)
+
+
+@run_app.command("iu-benchmark")
+def iu_benchmark_command(
+    reports: Annotated[Path, typer.Option(help="IU folder with indiana_reports.csv.")] = Path(
+        "../shared/data/iu-reports"
+    ),
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds for every method.")] = 1,
+    max_train: Annotated[int, typer.Option(min=10, help="Training reports used (CPU cost).")] = 600,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of LoRA and full fine-tuning.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for the import.")] = 2,
+    home: Annotated[Path | None, typer.Option(help="Keep the store here (default: temp).")] = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Report problems from report text: frozen MiniLM vs LoRA adapters vs full fine-tuning."""
+    from clinic.benchmarks.iu import IuOptions, run_iu_benchmark
+
+    if not any((reports / f"indiana_reports.{ext}").is_file() for ext in ("csv", "csv.gz")):
+        typer.echo(f"error: {reports} is not an IU folder (no indiana_reports.csv)", err=True)
+        raise typer.Exit(2)
+    options = IuOptions(reports_dir=reports, seeds=seeds, max_train=max_train, epochs=epochs,
+                        workers=workers, home=home, device=device)  # fmt: skip
+    try:
+        with reporter_for(as_json) as reporter:
+            result = run_iu_benchmark(options, reporter)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    print_json(result) if as_json else consoles(False)[0].print_json(data=result)
+
+
+@run_app.command("hannover-benchmark")
+def hannover_benchmark_command(
+    data: Annotated[Path, typer.Option(help="Hannover folder with data.csv and png/.")] = Path(
+        "../shared/data/hannover-cxr"
+    ),
+    folds: Annotated[int, typer.Option(min=2, help="Patient-grouped cross-validation folds.")] = 5,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds (encoder init, fusion heads).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for the import.")] = 2,
+    home: Annotated[Path | None, typer.Option(help="Keep the store here (default: temp).")] = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """ICU admission from the chest X-ray, the labs, and both, by cross-validation."""
+    from clinic.benchmarks.hannover import HannoverOptions, run_hannover_benchmark
+
+    if not (data / "data.csv").is_file() or not (data / "png").is_dir():
+        typer.echo(f"error: {data} is not a Hannover folder (no data.csv and png/)", err=True)
+        raise typer.Exit(2)
+    options = HannoverOptions(data_dir=data, folds=folds, seeds=seeds, workers=workers,
+                              home=home, device=device)  # fmt: skip
+    try:
+        with reporter_for(as_json) as reporter:
+            result = run_hannover_benchmark(options, reporter)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    print_json(result) if as_json else consoles(False)[0].print_json(data=result)

@@ -87,11 +87,14 @@ def load_cases(
     *,
     cohort: str | None = None,
     label_vocabulary: str | None = None,
+    extra_fields: Sequence[str] = (),
 ) -> list[Case]:
     """Every encounter of ``cohort`` (or of the whole store) as a :class:`Case`, ordered by id.
 
     Labels are restricted to ``label_vocabulary`` when given. Reports of one encounter (e.g. a
-    radiology report and an ECG interpretation) are joined in a stable order.
+    radiology report and an ECG interpretation) are joined in a stable order. ``extra_fields``
+    names record extras (source columns outside the core schema, such as Hannover's binned
+    labs) to add to ``Case.record`` as floats, NaN where absent or not a number.
     """
     encounters = _encounter_query(session, cohort)
     cases = {
@@ -102,7 +105,7 @@ def load_cases(
     for chunk in _chunks(ids, 5000):
         _attach_xrays(session, cases, chunk)
         _attach_ecgs(session, cases, chunk)
-        _attach_records(session, cases, chunk)
+        _attach_records(session, cases, chunk, extra_fields)
         _attach_reports(session, cases, chunk)
         _attach_labels(session, cases, chunk, label_vocabulary)
     return [cases[i] for i in ids]
@@ -157,15 +160,32 @@ def _attach_ecgs(session: Session, cases: dict[int, Case], ids: Sequence[int]) -
         cases[encounter_id].ecg_leads = tuple(str(lead) for lead in leads)
 
 
-def _attach_records(session: Session, cases: dict[int, Case], ids: Sequence[int]) -> None:
+def _attach_records(
+    session: Session, cases: dict[int, Case], ids: Sequence[int], extra_fields: Sequence[str]
+) -> None:
     columns = [getattr(ClinicalRecord, name) for name in RECORD_FIELDS]
     query = (
-        select(ClinicalRecord.encounter_id, ClinicalRecord.sex, *columns)
+        select(ClinicalRecord.encounter_id, ClinicalRecord.extras, ClinicalRecord.sex, *columns)
         .where(ClinicalRecord.encounter_id.in_(ids))
         .order_by(ClinicalRecord.id.desc())
     )
-    for encounter_id, sex, *values in session.execute(query).all():
-        cases[encounter_id].record = record_values(sex, values)
+    for encounter_id, extras, sex, *values in session.execute(query).all():
+        record = record_values(sex, values)
+        record.update(extra_values(extras or {}, extra_fields))
+        cases[encounter_id].record = record
+
+
+def extra_values(extras: Mapping[str, object], names: Sequence[str]) -> dict[str, float]:
+    """The named extras as floats: a number (or a flag, as 0/1) is kept; anything else — absent,
+    None, text, a list — is NaN, so a model sees it as missing instead of as a made-up value."""
+    return {name: _number_or_nan(extras.get(name)) for name in names}
+
+
+def _number_or_nan(value: object) -> float:
+    if isinstance(value, bool | int | float):
+        number = float(value)
+        return number if math.isfinite(number) else math.nan
+    return math.nan
 
 
 def record_values(sex: str | None, values: Sequence[float | None]) -> dict[str, float]:

@@ -141,6 +141,11 @@ class CaseDataset(Dataset[Item]):
         if self.measure_ecg is not None and self.preprocess.measurements is not None:
             measured = self.measure_ecg(signal, float(case.ecg_rate_hz))
             names = self.preprocess.measurements.features
+            if len(measured) != len(names):
+                raise ValueError(
+                    f"the ECG measurement gives {len(measured)} features but this model was "
+                    f"trained on {len(names)}: retrain it with this version of clinic"
+                )
             values, missing = self.preprocess.measurements.transform(
                 dict(zip(names, measured.tolist(), strict=True))
             )

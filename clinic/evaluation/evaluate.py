@@ -43,6 +43,7 @@ from clinic.train.artifacts import load_calibration, load_model, model_dir, read
 from clinic.train.data import CohortData, load_cohort, make_dataset
 from clinic.train.device import pick_device, seed_everything
 from clinic.train.embeddings import EmbeddingTable, embed_dataset
+from clinic.train.runner import feature_cache_dir
 from schemas.modalities import MODALITIES, subset_name
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,6 +69,7 @@ def evaluate(
     model = load_model(directory)
     calibration = load_calibration(directory)
     data = _cohort_for(store, request, model, directory)
+    model.bind_feature_cache(feature_cache_dir(request.home))
     tables = _embed_splits(store, model, data, request.device)
     result = evaluate_tables(model, calibration, tables, data, request.settings)
     if oracle is not None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +25,11 @@ from torch.nn import functional
 
 from clinic.data.dataset import PreprocessConfig
 from clinic.models._projection import l2_normalise
-from clinic.models.cache import FrozenFeatureCache
+from clinic.models.cache import FrozenFeatureCache, token_keys
 from clinic.models.config import ModelConfig
 from clinic.models.encoders import build_encoders
 from clinic.models.fusion import ModalityFusion, drop_modalities
-from clinic.models.lora import attached_adapters
+from clinic.models.lora import attached_adapters, base_content_hash
 from clinic.models.loss import LogitScale
 from schemas.modalities import MODALITIES
 
@@ -47,6 +48,14 @@ class ModelOutput:
     embeddings: dict[str, Tensor]  # modality → (B, D), zeros where absent
     present: dict[str, Tensor]  # modality → (B,) bool, after modality dropout
     reconstruction_loss: Tensor
+
+
+def trim_padding(input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
+    """Drop the padding columns no row of the batch uses: attention over fixed-length padded
+    reports costs as much for the padding as for the words, and the result is identical."""
+    used = int(attention_mask.sum(dim=1).max().item()) if attention_mask.numel() else 1
+    width = max(used, 1)
+    return [input_ids[:, :width], attention_mask[:, :width]]
 
 
 class MeasurementEncoder(nn.Module):
@@ -94,6 +103,15 @@ class ClinicModel(nn.Module):
         )  # fmt: skip
         self.logit_scale = LogitScale()
         self.feature_cache = FrozenFeatureCache()
+        self.encoders_frozen = False  # set while training adapters: base statistics stay fixed
+
+    def train(self, mode: bool = True) -> Self:
+        """With ``encoders_frozen`` the encoders stay in eval mode: BatchNorm running statistics
+        are part of the base weights an adapter is tied to, and must not drift."""
+        super().train(mode)
+        if self.encoders_frozen:
+            self.encoders.eval()
+        return self
 
     def present_masks(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Presence per modality this model uses (rows without it, or modalities it ignores: no)."""
@@ -116,8 +134,11 @@ class ClinicModel(nn.Module):
     def _encode(self, modality: str, batch: Mapping[str, Tensor], rows: Tensor) -> Tensor:
         encoder: Any = self.encoders[modality]
         inputs = [batch[key][rows] for key in _INPUT_KEYS[modality]]
+        if modality == "report":
+            inputs = trim_padding(inputs[0], inputs[1])
         if self._backbone_frozen(modality):
-            pooled = self.feature_cache.features(modality, encoder.features, *inputs)
+            keys = token_keys(*inputs) if modality == "report" else None
+            pooled = self.feature_cache.features(modality, encoder.features, *inputs, keys=keys)
             out: Tensor = l2_normalise(encoder.projection(pooled))
         else:
             out = encoder(*inputs)
@@ -127,6 +148,16 @@ class ClinicModel(nn.Module):
             )
             out = functional.normalize(out + measured, dim=-1)
         return out
+
+    def bind_feature_cache(self, directory: Path) -> None:
+        """Persist frozen-backbone features under ``directory``, keyed by the backbone weights."""
+        namespaces: dict[str, str] = {}
+        for modality in ("xray", "report"):
+            if modality in self.modalities and self._backbone_frozen(modality):
+                encoder: Any = self.encoders[modality]
+                backbone = encoder.backbone if modality == "xray" else encoder.base
+                namespaces[modality] = base_content_hash(backbone)
+        self.feature_cache.bind(directory, namespaces)
 
     def _backbone_frozen(self, modality: str) -> bool:
         """True when the encoder's backbone is frozen and carries no adapters (cacheable)."""

@@ -53,6 +53,7 @@ def attach_model_adapters(model: ClinicModel, adapter: str) -> dict[str, str]:
         spec = AdapterSpec(target_modules=targets, rank=spec_of.rank, alpha=spec_of.alpha,
                            dropout=spec_of.dropout)  # fmt: skip
         attach_adapter(encoder, spec, adapter)
+    model.encoders_frozen = True
     if model.measurements is not None:
         model.measurements.requires_grad_(False)
     model.logit_scale.requires_grad_(False)

@@ -122,7 +122,7 @@ def train_fusion(
     train = table.with_subset(modalities)
     usable = torch.zeros(len(train), dtype=torch.bool)
     for modality in modalities:
-        usable |= train.present[modality]
+        usable |= train.present.get(modality, torch.zeros_like(usable))
     train = train.rows(usable.nonzero(as_tuple=True)[0])
     weights = positive_weights(train.labels)
     optimiser = torch.optim.AdamW(

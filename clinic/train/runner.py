@@ -159,6 +159,7 @@ def calibrate(store: Store, request: TrainRequest, reporter: Reporter) -> dict[s
     data = _load(store, request, model.label_names)
     device = pick_device(request.device)
     model.to(device)
+    model.bind_feature_cache(feature_cache_dir(request.home))
     dataset = make_dataset(data.splits["val"], store, model, train=False)
     reporter.start("embedding validation cases", len(dataset))
     table = embed_dataset(model, dataset, device, progress=reporter.advance)
@@ -188,6 +189,11 @@ def calibrate(store: Store, request: TrainRequest, reporter: Reporter) -> dict[s
     return card
 
 
+def feature_cache_dir(home: Path) -> Path:
+    """Where frozen-backbone features persist between stages (safe to delete)."""
+    return home / "cache" / "features"
+
+
 def _load(
     store: Store, request: TrainRequest, label_names: Sequence[str] | None = None
 ) -> CohortData:
@@ -213,6 +219,7 @@ def _train_stage(
     """Run ``request.epochs`` epochs of ``stage``, checkpointing after each, resuming if killed."""
     device = pick_device(request.device)
     model.to(device)
+    model.bind_feature_cache(feature_cache_dir(request.home))
     dataset = make_dataset(data.splits["train"], store, model, train=True, seed=request.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=request.lr, weight_decay=1e-2)

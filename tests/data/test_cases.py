@@ -165,3 +165,30 @@ def test_unknown_cohort_raises_and_names_the_known_ones(phantom: Store) -> None:
     with phantom.session() as session, pytest.raises(CohortNotFoundError, match=TINY_COHORT):
         load_cases(session, cohort="no-such-cohort")
     assert issubclass(CohortNotFoundError, LookupError)
+
+
+# --- record extras ----------------------------------------------------------------------------
+
+
+def test_extra_fields_add_numeric_extras_to_the_record_and_nan_otherwise(store: Store) -> None:
+    from clinic.ingest.engine import IngestOptions, ingest
+    from clinic.ingest.types import IngestItem, ItemKind
+
+    def record_item(key: str, fields: dict[str, object]) -> IngestItem:
+        return IngestItem(kind=ItemKind.RECORD, source=f"t#{key}", patient_key=key,
+                          encounter_key=key, fields=fields)  # fmt: skip
+
+    items = [
+        record_item("a", {"sex": "female", "crp_val": 3.5, "pco2_val": 40, "note": "text"}),
+        record_item("b", {"sex": "male", "crp_val": None}),
+    ]
+    ingest(store, items, IngestOptions(cohort="extras"))
+    names = ("crp_val", "pco2_val", "note", "never_stored")
+    with store.session() as session:
+        plain = load_cases(session, cohort="extras")
+        loaded = load_cases(session, cohort="extras", extra_fields=names)
+    assert all(set(case.record or {}) == {*RECORD_FIELDS, "is_female"} for case in plain)
+    by_sex = {(case.record or {})["is_female"]: case.record or {} for case in loaded}
+    assert by_sex[1.0]["crp_val"] == 3.5 and by_sex[1.0]["pco2_val"] == 40.0
+    assert math.isnan(by_sex[1.0]["note"]) and math.isnan(by_sex[1.0]["never_stored"])
+    assert all(math.isnan(by_sex[0.0][name]) for name in names)

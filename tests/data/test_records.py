@@ -90,7 +90,7 @@ def test_fit_on_no_records_gives_identity_statistics() -> None:
 
 
 def test_default_features_are_the_record_fields_and_sex() -> None:
-    assert DEFAULT_FEATURES == (*RECORD_FIELDS, "is_female")
+    assert (*RECORD_FIELDS, "is_female") == DEFAULT_FEATURES
     normalizer = RecordNormalizer.fit([{"is_female": 1.0}, {"is_female": 0.0}])
     assert normalizer.features == DEFAULT_FEATURES
     values, missing = normalizer.transform({"is_female": 1.0})

@@ -103,7 +103,9 @@ def test_hashed_split_respects_the_fractions() -> None:
     splits = assign_splits(many_patients(4000), plan)
     assert len(splits["val"]) / 4000 == pytest.approx(0.2, abs=0.03)
     assert len(splits["test"]) / 4000 == pytest.approx(0.1, abs=0.03)
-    nothing_held_out = assign_splits(many_patients(300), SplitPlan(val_fraction=0.0, test_fraction=0.0))
+    nothing_held_out = assign_splits(
+        many_patients(300), SplitPlan(val_fraction=0.0, test_fraction=0.0)
+    )
     assert len(nothing_held_out["train"]) == 300
 
 

@@ -86,7 +86,7 @@ def test_prepare_image_gives_one_square_channel_in_unit_range(shape: tuple[int, 
     out = PrepareImaged("xray", 16)({"xray": image})["xray"]
     assert out.shape == (1, 16, 16)
     assert out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_prepare_image_windows_to_percentiles() -> None:
@@ -192,7 +192,7 @@ def test_center_crop_pads_short_signals_on_the_right() -> None:
 
 
 def test_fit_length_pads_and_truncates() -> None:
-    padded = fit_length(ramp(1, 3).astype(np.float64), 5)  # type: ignore[arg-type]
+    padded = fit_length(ramp(1, 3).astype(np.float64), 5)
     assert padded.dtype == np.float32
     np.testing.assert_array_equal(padded, [[0, 1, 2, 0, 0]])
     truncated = fit_length(ramp(1, 8), 5)

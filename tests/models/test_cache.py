@@ -1,4 +1,4 @@
-"""FrozenFeatureCache alone and inside ClinicModel: same numbers as direct computation, fewer calls."""
+"""FrozenFeatureCache alone and inside ClinicModel: the direct results, with fewer calls."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from torch import Tensor
 from clinic.models.cache import FrozenFeatureCache
 from clinic.models.lora import AdapterSpec, attach_adapter
 from clinic.models.model import ClinicModel
-from tests.models.test_model import tiny_batch, tiny_model
+from clinic.models.xray import XrayEncoder
 from tests.modelkit import tiny_config
+from tests.models.test_model import tiny_batch, tiny_model
 
 
 class CountingCompute:
@@ -69,7 +70,9 @@ def test_the_cache_is_emptied_rather_than_grown_past_its_limit() -> None:
 
 def frozen_xray_model() -> ClinicModel:
     config = tiny_config()
-    config = dataclasses.replace(config, xray=dataclasses.replace(config.xray, freeze_backbone=True))
+    config = dataclasses.replace(
+        config, xray=dataclasses.replace(config.xray, freeze_backbone=True)
+    )
     return tiny_model(config)
 
 
@@ -97,14 +100,16 @@ def test_cached_features_still_let_the_projection_learn() -> None:
     batch = tiny_batch(model.config)
     model.embed(batch)  # fill the cache
     model.embed(batch)["xray"].sum().backward()  # type: ignore[no-untyped-call]
-    projection = model.encoders["xray"].projection
-    assert all(p.grad is not None for p in projection.parameters())
-    assert all(p.grad is None for p in model.encoders["xray"].backbone.parameters())
+    encoder = model.encoders["xray"]
+    assert isinstance(encoder, XrayEncoder)
+    assert all(p.grad is not None for p in encoder.projection.parameters())
+    assert all(p.grad is None for p in encoder.backbone.parameters())
 
 
 def test_an_adapter_on_the_backbone_bypasses_the_cache() -> None:
     model = frozen_xray_model()
     encoder = model.encoders["xray"]
+    assert isinstance(encoder, XrayEncoder)
     attach_adapter(encoder, AdapterSpec(tuple(encoder.lora_targets), rank=2, alpha=4), "site")
     batch = tiny_batch(model.config)
     model.embed(batch)

@@ -29,7 +29,9 @@ def unit_embeddings(batch: int, seed: int = 0) -> dict[str, Tensor]:
 def random_presence(batch: int, seed: int = 0, rate: float = 0.6) -> dict[str, Tensor]:
     """Each modality present with ``rate``; row 0 has everything, row 1 only the ECG."""
     generator = torch.Generator().manual_seed(seed)
-    present = {m: torch.rand(batch, generator=generator) < rate for m in MODALITIES}
+    present: dict[str, Tensor] = {
+        m: torch.rand(batch, generator=generator) < rate for m in MODALITIES
+    }
     for modality in MODALITIES:
         present[modality][0] = True
         present[modality][1] = modality == "ecg"
@@ -66,6 +68,23 @@ def test_values_of_present_modalities_do_change_the_logits() -> None:
     torch.testing.assert_close(logits[1], other[1])  # row 1 has the ECG only
 
 
+@torch.no_grad()
+def test_each_row_attends_only_to_cls_and_its_present_tokens() -> None:
+    """Reference: the encoder run on [CLS] + the row's present tokens alone, without padding."""
+    fusion = make_fusion()
+    embeddings, present = unit_embeddings(8), random_presence(8)
+    out = fusion(embeddings, present)
+    for row in range(8):
+        tokens = [fusion.cls[0]] + [
+            embeddings[m][row : row + 1] * fusion.input_scale + fusion.type_embedding[i : i + 1]
+            for i, m in enumerate(MODALITIES)
+            if present[m][row]
+        ]
+        fused = fusion.norm(fusion.encoder(torch.cat(tokens)[None])[:, 0])  # (1, D)
+        torch.testing.assert_close(out.fused[row], fused[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.logits[row], fusion.head(fused)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_a_missing_key_counts_as_absent() -> None:
     fusion = make_fusion()
     embeddings, present = unit_embeddings(6), random_presence(6)
@@ -100,7 +119,7 @@ def test_drop_everything_keeps_exactly_one_per_row() -> None:
 
 
 def test_a_row_without_any_modality_stays_empty() -> None:
-    present = {m: torch.tensor([False, True]) for m in MODALITIES}
+    present: dict[str, Tensor] = {m: torch.tensor([False, True]) for m in MODALITIES}
     kept, dropped = drop_modalities(present, 1.0, torch.Generator().manual_seed(0))
     assert not any(bool(kept[m][0]) or bool(dropped[m][0]) for m in MODALITIES)
 
@@ -133,6 +152,20 @@ def test_reconstruction_loss_is_zero_when_nothing_is_dropped() -> None:
     assert float(fusion(embeddings, present, none_dropped).reconstruction_loss) == 0.0
 
 
+@torch.no_grad()
+def test_reconstruction_loss_is_one_minus_cosine_to_the_dropped_embedding() -> None:
+    fusion = make_fusion()
+    embeddings, present = unit_embeddings(6), random_presence(6, rate=1.0)
+    dropped = {m: torch.zeros(6, dtype=torch.bool) for m in MODALITIES}
+    dropped["xray"] = torch.tensor([True, False, True, False, False, True])
+    kept = {m: present[m] & ~dropped[m] for m in MODALITIES}
+    out = fusion(embeddings, kept, dropped)
+    rows = dropped["xray"]
+    predicted = fusion.reconstruct["xray"](out.fused[rows])
+    expected = 1.0 - functional.cosine_similarity(predicted, embeddings["xray"][rows]).mean()
+    torch.testing.assert_close(out.reconstruction_loss, expected)
+
+
 def test_reconstruction_loss_decreases_when_trained_alone() -> None:
     fusion = make_fusion(seed=1)
     embeddings, present = unit_embeddings(32, seed=5), random_presence(32, seed=5, rate=1.0)
@@ -143,7 +176,7 @@ def test_reconstruction_loss_decreases_when_trained_alone() -> None:
     for _ in range(40):
         loss = fusion(embeddings, kept, dropped).reconstruction_loss
         optimiser.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
     assert 0.0 < losses[0] <= 2.0

@@ -11,6 +11,7 @@ from torch import Tensor
 from clinic.data.dataset import PreprocessConfig
 from clinic.data.records import RecordNormalizer
 from clinic.models.config import ModelConfig
+from clinic.models.ecg import EcgEncoder
 from clinic.models.lora import AdapterSpec, attach_adapter, base_content_hash
 from clinic.models.model import ClinicModel
 from clinic.train.losses import masked_bce
@@ -55,7 +56,11 @@ def tiny_batch(
     """A collated batch as ``collate_cases`` makes it (zeros where a modality is absent)."""
     generator = torch.Generator().manual_seed(seed)
     flags = {m: torch.tensor(v) for m, v in (present or PRESENT).items()}
-    size, window, length = config.xray.image_size, config.ecg.window_samples, config.report.max_length
+    size, window, length = (
+        config.xray.image_size,
+        config.ecg.window_samples,
+        config.report.max_length,
+    )
     n = len(next(iter(flags.values())))
 
     def where(modality: str, values: Tensor) -> Tensor:
@@ -154,13 +159,16 @@ def test_lora_on_an_encoder_trains_only_its_adapter_through_the_full_loss() -> N
     model = tiny_model().train()
     model.requires_grad_(False)
     encoder = model.encoders["ecg"]
+    assert isinstance(encoder, EcgEncoder)
     attach_adapter(encoder, AdapterSpec(tuple(encoder.lora_targets), rank=2, alpha=4), "site")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in name and name.startswith("encoders.ecg.") for name in trainable)
+    assert trainable and all(
+        "lora_" in name and name.startswith("encoders.ecg.") for name in trainable
+    )
     batch = tiny_batch(model.config)
     out = model(batch, drop_probability=0.0)
     loss = masked_bce(out.logits, batch["labels"]) + out.reconstruction_loss
-    loss.backward()  # type: ignore[no-untyped-call]
+    loss.backward()
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable
     assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters() if p.grad is not None)
