@@ -1,4 +1,4 @@
-"""The GPU check runs on the CPU too (tiny steps) and reports its figures in the documented shape."""
+"""The GPU check runs on the CPU too and reports its figures in the documented shape."""
 
 from __future__ import annotations
 

