@@ -115,7 +115,14 @@ def _score_all(
     gbm = features_gbm_probabilities(data)
     watch.lap("features_gbm")
     return {
-        "ours": _summarise(ours, labels),
+        "ours": {
+            **_summarise([run.combined for run in ours], labels),
+            "parts": {
+                "learned_gbm": _summarise([run.learned_gbm for run in ours], labels),
+                "measured_gbm": _summarise([run.measured for run in ours], labels),
+                "neural": _summarise([run.neural for run in ours], labels),
+            },
+        },
         "baselines": {
             "resnet1d": _summarise(resnet, labels),
             "features_gbm": _summarise([gbm], labels),

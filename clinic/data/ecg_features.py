@@ -2,19 +2,21 @@
 
 Why: a classical, inspectable baseline for the neural ECG model (features + gradient boosting),
 and an extra input to that model, so it gets measured quantities (heart rate, QRS duration, ST
-levels) it need not rediscover from 353 ECGs. Only numpy/scipy: two zero-phase filters, an R-peak
-detector and one median beat per record, a few milliseconds per 10 s, 500 Hz ECG on one core.
+levels) it need not rediscover from a few hundred ECGs. Only numpy/scipy: two zero-phase filters,
+an R-peak detector and one median beat per record; under 10 ms per 10 s, 500 Hz ECG on one core.
 
-Pipeline: band-pass 0.5–40 Hz (zero-phase: baseline wander out, ST levels not shifted in time) →
-Pan–Tompkins-style R peaks on the summed absolute derivative of all usable leads (5–15 Hz band,
-moving-window integration, adaptive threshold, refractory period, T-wave rejection, search-back)
-→ peaks refined on the combined amplitude and aligned by cross-correlation → median beat of the
-dominant morphology (ectopic beats left out) → fiducials (QRS onset/offset, T peak/end, P wave)
-on the combined median beat → per-lead amplitudes relative to the PR-segment baseline.
+Pipeline: band-pass 0.5–40 Hz (zero-phase: baseline wander out, ST levels not shifted in time;
+measured at 250 Hz) → Pan–Tompkins-style R peaks on the summed absolute derivative of all usable
+leads (5–15 Hz band, moving-window integration, adaptive threshold, refractory period, T-wave
+rejection, search-back) → peaks refined on the combined amplitude and aligned by
+cross-correlation → median beat of the dominant morphology (ectopic beats left out) → fiducials
+(QRS onset/offset, T peak/end, P wave) on the combined median beat → per-lead amplitudes
+relative to the PR-segment baseline.
 
 Units: amplitudes mV, times ms, angles degrees, slopes mV/s, areas mV·ms. A missing lead (NaN or
 flat) gives NaN for its own features and for global features that need it; a signal too short or
-with no detectable beats gives NaN rhythm (and morphology) features. Bad signals never raise.
+with no detectable beats gives NaN rhythm (and morphology) features; no P wave (atrial
+fibrillation) gives NaN PR, P duration and P amplitudes. Bad signals never raise.
 """
 
 from __future__ import annotations
@@ -76,11 +78,13 @@ TERRITORY_FEATURES: tuple[str, ...] = tuple(
 )
 
 MIN_DURATION_S = 1.5
-WORKING_RATE_HZ = 250.0  # rate features are measured at (integer decimation, so at least)
+WORKING_RATE_HZ = 250.0  # higher rates are reduced by an integer factor, to no less than this
 FLAT_SPREAD_MV = 0.02  # a lead whose whole range is below this carries no ECG
 MIN_FINITE_FRACTION = 0.9
-BEAT_PRE_MS = 350.0  # median-beat window before the R fiducial: room for long PR
+BEAT_PRE_MS = 450.0  # median-beat window before the R fiducial: room for first-degree AV block
 BEAT_POST_MS = 550.0  # and after it: room for long QT
+P_SEARCH_MS = 400.0  # P waves are looked for this far before QRS onset (PR up to ~400 ms)
+QRS_SLOPE_FRACTION = 0.08  # QRS ends where the summed |slope| falls under 8% of its peak
 DOMINANT_CORR = 0.85  # beats less alike than this to the median are ectopic/noisy
 
 
@@ -190,6 +194,7 @@ class _Fiducials:
     p_on: int | None
     p_off: int | None
     p_peak: int | None
+    p_window: tuple[int, int]  # TP/PR anchors of the P search, P measured above their line
 
 
 def _measure(leads: FloatArray, usable: BoolArray, fs: float) -> dict[str, float]:
@@ -390,17 +395,17 @@ def _morphology(
 def _find_fiducials(leads: FloatArray, r: int, fs: float, rr_ms: float) -> _Fiducials:
     """QRS onset/offset, T peak/end and P wave on the median beats (L, W) of usable leads.
 
-    QRS bounds: where the summed |slope| over leads falls under 12% of its QRS peak (above the
+    QRS bounds: where the summed |slope| over leads falls under 8% of its QRS peak (above the
     window's floor). T end: where the tangent at the steepest T downslope of the spatial RMS
-    meets the lowest RMS after the T peak (the baseline level). P: RMS peak in the window
-    before QRS onset, after the previous beat's T end.
+    meets the lowest RMS after the T peak (the baseline level). P: the RMS bump above the line
+    joining the TP segment (after the previous beat's T end) to the PR segment.
     """
     width = leads.shape[1]
     slope = uniform_filter1d(np.abs(np.diff(leads, axis=1)).sum(axis=0) * fs, _ms(16.0, fs))
     lo, hi = max(0, r - _ms(60.0, fs)), min(len(slope), r + _ms(60.0, fs) + 1)
     peak = lo + int(np.argmax(slope[lo:hi]))
     floor = float(np.percentile(slope, 10))
-    threshold = floor + 0.12 * (float(slope[peak]) - floor)
+    threshold = floor + QRS_SLOPE_FRACTION * (float(slope[peak]) - floor)
     qrs_on = _walk(slope, peak, -1, threshold, max(0, r - _ms(160.0, fs)))
     qrs_off = _walk(slope, peak, +1, threshold, min(len(slope) - 1, r + _ms(200.0, fs))) + 1
     baseline = leads[:, max(0, qrs_on - _ms(24.0, fs)) : max(1, qrs_on - _ms(4.0, fs))]
@@ -408,11 +413,26 @@ def _find_fiducials(leads: FloatArray, r: int, fs: float, rr_ms: float) -> _Fidu
     cycle_ms = rr_ms if math.isfinite(rr_ms) else 1000.0
     t_limit = min(width - 1, r + _ms(min(BEAT_POST_MS - 10.0, 0.75 * cycle_ms), fs))
     t_peak, t_end = _t_wave(rms, qrs_off + _ms(80.0, fs), t_limit)
-    p_lo = max(0, qrs_on - _ms(min(320.0, 0.5 * cycle_ms), fs))
+    p_lo = max(0, qrs_on - _ms(min(P_SEARCH_MS, 0.5 * cycle_ms), fs))
     if t_end is not None and math.isfinite(rr_ms):  # no P before the previous beat's T ends
-        p_lo = max(0, qrs_on - _ms(320.0, fs), math.ceil(t_end) - _ms(rr_ms, fs))
-    p_on, p_peak, p_off = _p_wave(rms, p_lo, qrs_on - _ms(30.0, fs), qrs_on)
-    return _Fiducials(qrs_on, qrs_off, t_peak, t_end, p_on, p_off, p_peak)
+        p_lo = max(0, qrs_on - _ms(P_SEARCH_MS, fs), math.ceil(t_end) - _ms(rr_ms, fs))
+    p_window = (p_lo, max(p_lo, qrs_on - _ms(10.0, fs)))
+    p_on, p_peak, p_off = _p_wave(_detrended(leads, p_window), p_lo, _ms(20.0, fs))
+    return _Fiducials(qrs_on, qrs_off, t_peak, t_end, p_on, p_off, p_peak, p_window)
+
+
+def _detrended(leads: FloatArray, window: tuple[int, int]) -> FloatArray:
+    """(L, W) → (L, window length): each lead minus the straight line joining the window's ends.
+
+    The P wave rides on whatever the TP and PR segments do (residual wander, the previous T's
+    tail, atrial repolarisation); measured above the line between them, it stands out alone.
+    """
+    lo, hi = window
+    segment = leads[:, lo : hi + 1]
+    ramp = np.linspace(0.0, 1.0, segment.shape[1])
+    line = segment[:, :1] + (segment[:, -1:] - segment[:, :1]) * ramp
+    detrended: FloatArray = segment - line
+    return detrended
 
 
 def _walk(curve: FloatArray, start: int, step: int, threshold: float, limit: int) -> int:
@@ -438,26 +458,33 @@ def _t_wave(rms: FloatArray, lo: int, hi: int) -> tuple[int | None, float | None
 
 
 def _p_wave(
-    rms: FloatArray, lo: int, hi: int, qrs_on: int
+    detrended: FloatArray, lo: int, smooth: int
 ) -> tuple[int | None, int | None, int | None]:
-    """P onset, peak and offset on the RMS before QRS onset; ``None`` when no P stands out.
+    """P onset, peak and offset (indices on the beat) from the detrended P window (L, n).
 
-    A P wave must rise clearly above the lowest RMS in its window and must not sit on the
-    window's left edge (that is the previous T wave, or no P at all, as in atrial fibrillation).
+    The P wave is the RMS bump above the TP–PR line; none when it is under 0.02 mV (atrial
+    fibrillation, or lost in noise). Its ends: where the RMS (smoothed over ``smooth`` samples)
+    falls under 30% of the peak, or turns up again below 60% of it (a valley before another
+    bump); no onset when the window's start is reached.
     """
-    if hi - lo < 3:
+    rms = uniform_filter1d(np.sqrt(np.mean(detrended**2, axis=0)), smooth)
+    if len(rms) < 5 or float(rms.max()) < 0.02:
         return None, None, None
-    peak = lo + int(np.argmax(rms[lo:hi]))
-    floor = float(rms[lo : peak + 1].min())
-    height = float(rms[peak]) - floor
-    if peak == lo or height < 0.02:
-        return None, peak, None
-    threshold = floor + 0.3 * height
-    onset = _walk(rms, peak, -1, threshold, lo)
-    offset = _walk(rms, peak, +1, threshold, qrs_on)
-    if onset == lo:
-        return None, peak, offset
-    return onset, peak, offset
+    peak = int(np.argmax(rms))
+    onset = _walk_down(rms, peak, -1)
+    offset = _walk_down(rms, peak, +1)
+    return (lo + onset if onset > 0 else None), lo + peak, lo + offset
+
+
+def _walk_down(curve: FloatArray, peak: int, step: int) -> int:
+    """From a peak, step while ``curve`` is above 30% of it, and past 60% even if it rises."""
+    height = float(curve[peak])
+    i = peak
+    while 0 < i < len(curve) - 1 and curve[i] >= 0.3 * height:
+        if curve[i + step] > curve[i] and curve[i] < 0.6 * height:
+            break  # a valley: the next bump is not this P wave
+        i += step
+    return i
 
 
 def _per_lead(corrected: FloatArray, fid: _Fiducials, fs: float) -> dict[str, FloatArray]:
@@ -480,7 +507,7 @@ def _per_lead(corrected: FloatArray, fid: _Fiducials, fs: float) -> dict[str, Fl
         "st_j60": at(60.0),
         "st_slope": (at(80.0) - at(40.0)) / 0.04,
         "t_amp": _signed_extreme(corrected, fid.t_peak, (fid.qrs_off + _ms(80.0, fs), width), fs),
-        "p_amp": _signed_extreme(corrected, fid.p_peak, (0, fid.qrs_on), fs),
+        "p_amp": _p_amplitudes(corrected, fid, fs),
         "r_time": waves[:, 4] * to_ms,
         "qrs_term": qrs[:, -_ms(40.0, fs) :].mean(axis=1),
     }
@@ -530,11 +557,25 @@ def _signed_extreme(
     return extremes
 
 
+def _p_amplitudes(corrected: FloatArray, fid: _Fiducials, fs: float) -> FloatArray:
+    """Per-lead P amplitude (12,), above the TP–PR line rather than the PR baseline."""
+    if fid.p_peak is None:
+        return np.full(corrected.shape[0], np.nan)
+    lo = fid.p_window[0]
+    above_line = np.full_like(corrected, np.nan)
+    above_line[:, lo : fid.p_window[1] + 1] = _detrended(corrected, fid.p_window)
+    return _signed_extreme(above_line, fid.p_peak, fid.p_window, fs)
+
+
 def _intervals(leads: FloatArray, fid: _Fiducials, fs: float, rr_ms: float) -> dict[str, float]:
-    """QRS, PR, P and QT durations (ms), QTc (Bazett) and P-wave strength."""
+    """QRS, PR, P and QT durations (ms), QTc (Bazett) and P-wave strength.
+
+    P strength is the largest RMS above the TP–PR line even when no P wave was accepted: low in
+    atrial fibrillation, so it is kept rather than NaN.
+    """
     to_ms = 1000.0 / fs
     qt = (fid.t_end - fid.qrs_on) * to_ms if fid.t_end is not None else math.nan
-    rms = np.sqrt(np.mean(leads**2, axis=0))
+    p_rms = np.sqrt(np.mean(_detrended(leads, fid.p_window) ** 2, axis=0))
     return {
         "qrs_dur_ms": (fid.qrs_off - fid.qrs_on) * to_ms,
         "pr_ms": (fid.qrs_on - fid.p_on) * to_ms if fid.p_on is not None else math.nan,
@@ -543,7 +584,7 @@ def _intervals(leads: FloatArray, fid: _Fiducials, fs: float, rr_ms: float) -> d
             if fid.p_on is not None and fid.p_off is not None
             else math.nan
         ),
-        "p_rms_mv": float(rms[fid.p_peak]) if fid.p_peak is not None else math.nan,
+        "p_rms_mv": float(p_rms.max()) if len(p_rms) >= 5 else math.nan,
         "qt_ms": qt,
         "qtc_ms": qt / math.sqrt(rr_ms / 1000.0) if math.isfinite(rr_ms) else math.nan,
     }

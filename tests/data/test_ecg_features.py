@@ -24,7 +24,8 @@ Signal = npt.NDArray[np.float32]
 # Per lead: QRS gain and T gain (aVR inverted, V1 mostly negative, like a normal ECG).
 QRS_GAIN = (1.0, 1.2, 0.4, -1.0, 0.5, 0.8, -0.6, -0.2, 0.5, 1.0, 1.2, 1.0)
 T_GAIN = (0.8, 1.0, 0.3, -0.8, 0.4, 0.7, 0.2, 0.9, 1.0, 1.0, 0.9, 0.8)
-# (centre s after R, width s, amplitude mV, which gain): a Gaussian-bump P-Q-R-S-T template.
+# (centre s after R, width s, amplitude mV, which gain): a Gaussian-bump P-Q-R-S-T template;
+# P and T share the "t" gains.
 WAVES = (
     (-0.17, 0.022, 0.12, "t"),
     (-0.028, 0.008, -0.12, "qrs"),
@@ -77,8 +78,14 @@ def test_heart_rate_of_regular_beats_is_recovered(bpm: float) -> None:
 
 
 def test_irregular_rhythm_scores_higher_variability_than_regular() -> None:
-    rng = np.random.default_rng(1)
-    irregular = named(ecg_features(synthetic_ecg(list(rng.uniform(0.5, 1.1, 20))), FS))
+    rr_s = list(np.random.default_rng(1).uniform(0.5, 1.1, 20))
+    irregular = named(ecg_features(synthetic_ecg(rr_s), FS))
+    r_times = 0.4 + np.concatenate([[0.0], np.cumsum(rr_s)])
+    true_rr_ms = 1000.0 * np.diff(r_times[r_times < 9.9])
+    # Every beat found and none added: shortest, longest and mean RR match the truth.
+    assert irregular["rr_min_ms"] == pytest.approx(true_rr_ms.min(), abs=10.0)
+    assert irregular["rr_max_ms"] == pytest.approx(true_rr_ms.max(), abs=10.0)
+    assert irregular["rr_mean_ms"] == pytest.approx(true_rr_ms.mean(), abs=5.0)
     regular = named(ecg_features(synthetic_ecg([0.8] * 20), FS))
     for name in ("rr_std_ms", "rr_rmssd_ms", "rr_cv", "rr_irregularity"):
         assert irregular[name] > regular[name] + 0.01, name
@@ -144,12 +151,25 @@ def test_feature_matrix_stacks_rows_and_matches_the_pool() -> None:
     assert ecg_feature_matrix([], FS).shape == (0, len(ecg_feature_names()))
 
 
-@pytest.mark.parametrize("ecg_id", ["00001", "00363", "00428"])
-def test_real_ptbxl_record_has_plausible_rate_and_qrs(shared_data: Path, ecg_id: str) -> None:
+def ptbxl_features(shared_data: Path, ecg_id: str) -> dict[str, float]:
     record = shared_data / "ptbxl" / "records500" / "00000" / f"{ecg_id}_hr"
     signal, fields = wfdb.rdsamp(str(record))
     assert [name.upper() for name in fields["sig_name"]] == [n.upper() for n in STANDARD_LEADS]
-    features = named(ecg_features(signal.T.astype(np.float32), float(fields["fs"])))
+    return named(ecg_features(signal.T.astype(np.float32), float(fields["fs"])))
+
+
+@pytest.mark.parametrize("ecg_id", ["00001", "00363", "00428"])
+def test_real_ptbxl_record_has_plausible_rate_and_qrs(shared_data: Path, ecg_id: str) -> None:
+    features = ptbxl_features(shared_data, ecg_id)
     assert 30.0 <= features["hr_bpm"] <= 200.0
     assert 40.0 <= features["qrs_dur_ms"] <= 200.0
-    assert np.isfinite(ecg_features(signal.T.astype(np.float32), 500.0)[:120]).all()
+    # Every lead is recorded, so every per-lead feature is measured (P only where P waves are).
+    per_lead = [name for name in features if name.split("_", 1)[1] in PER_LEAD_FEATURES]
+    assert all(math.isfinite(features[name]) for name in per_lead if not name.endswith("p_amp"))
+
+
+def test_real_atrial_fibrillation_is_more_irregular_than_sinus_rhythm(shared_data: Path) -> None:
+    sinus = ptbxl_features(shared_data, "00001")  # NORM, sinus rhythm
+    fibrillation = ptbxl_features(shared_data, "00428")  # AFIB with RBBB
+    assert fibrillation["rr_irregularity"] > 0.1 > sinus["rr_irregularity"]
+    assert fibrillation["qrs_dur_ms"] > sinus["qrs_dur_ms"] + 20.0  # bundle branch block
