@@ -4,8 +4,8 @@ Five diagnostic superclasses (NORM, MI, STTC, CD, HYP), multi-label; a superclas
 any of the record's diagnostic SCP codes maps to it (whatever the likelihood); records with none
 are left out. Features: :func:`clinic.data.ecg_features.ecg_features` plus age and sex.
 Hyper-parameters are chosen by leave-one-fold-out over folds 1–6 (macro AUROC of the pooled
-out-of-fold predictions); the winner is trained on folds 1–6 and tested once on folds 7–8
-(patient-disjoint). Prints one JSON object.
+out-of-fold predictions; the default unless another wins by a clear margin); the winner is
+trained on folds 1–6 and tested on folds 7–8 (patient-disjoint). Prints one JSON object.
 
     .venv/bin/python -m bench.ptbxl_features_check [--root PATH] [--rate 500|100] [--workers N]
 """
@@ -32,6 +32,7 @@ SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl"
 TRAIN_FOLDS = (1, 2, 3, 4, 5, 6)
 TEST_FOLDS = (7, 8)
+CLEAR_MARGIN = 0.005  # out-of-fold macro AUROC a candidate must gain over the default
 Matrix = npt.NDArray[np.float64]
 
 
@@ -87,9 +88,23 @@ def out_of_fold_auroc(
     predictions = np.zeros_like(Y)
     for fold in np.unique(folds):
         held_out = folds == fold
-        model = FeaturesGbm(params).fit(X[~held_out], Y[~held_out], SUPERCLASSES, seed=0)
-        predictions[held_out] = model.predict_proba(X[held_out])
+        predictions[held_out] = fit_predict(X[~held_out], Y[~held_out], X[held_out], params)
     return macro_auroc(Y, predictions)[0]
+
+
+def choose(cv: dict[str, float]) -> str:
+    """The best cross-validated candidate, but the default unless it wins by a clear margin.
+
+    Refitting with other seeds moves a candidate's out-of-fold macro AUROC by about ±0.003, so
+    smaller differences are noise and the default (chosen a priori for small data) stands.
+    """
+    best = max(cv, key=lambda name: cv[name])
+    return best if cv[best] - cv["default"] > CLEAR_MARGIN else "default"
+
+
+def fit_predict(X_train: Matrix, Y_train: Matrix, X_test: Matrix, params: GbmParams) -> Matrix:
+    model = FeaturesGbm(params).fit(X_train, Y_train, SUPERCLASSES, seed=0)
+    return model.predict_proba(X_test)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         name: out_of_fold_auroc(X[train], Y[train], folds[train], params)
         for name, params in candidate_params().items()
     }
-    best = max(cv, key=lambda name: cv[name])
-    model = FeaturesGbm(candidate_params()[best]).fit(X[train], Y[train], SUPERCLASSES, seed=0)
-    test_macro, test_per_class = macro_auroc(Y[test], model.predict_proba(X[test]))
+    best = choose(cv)
+    test_scores = {
+        name: macro_auroc(Y[test], fit_predict(X[train], Y[train], X[test], params))
+        for name, params in candidate_params().items()
+    }
+    test_macro, test_per_class = test_scores[best]
     report = {
         "records": {"train": int(train.sum()), "test": int(test.sum())},
         "sampling_rate_hz": args.rate,
@@ -126,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         "chosen_params": asdict(candidate_params()[best]),
         "test_macro_auroc_folds_7_8": round(test_macro, 4),
         "test_auroc_per_class": {name: round(value, 4) for name, value in test_per_class.items()},
+        # For the record only (the choice above never sees folds 7–8): how far apart the
+        # candidates land on 88 test ECGs, i.e. the noise on the chosen figure.
+        "test_macro_auroc_every_candidate": {
+            name: round(score[0], 4) for name, score in test_scores.items()
+        },
     }
     print(json.dumps(report, indent=2))
 

@@ -47,3 +47,20 @@ def test_nothing_in_the_platform_imports_cli_or_pipelines() -> None:
         if not problem.startswith("clinic/cli/")
     ]
     assert problems == []
+
+
+def test_data_and_models_do_not_import_training_or_benchmarks() -> None:
+    forbidden = ("clinic.train", "clinic.benchmarks", "clinic.ingest.engine")
+    assert offenders("clinic/data", forbidden) + offenders("clinic/models", forbidden) == []
+
+
+def test_the_command_line_starts_without_the_model_stack() -> None:
+    """Ingest and status commands must not pay for importing torch and transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, clinic.cli.main; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

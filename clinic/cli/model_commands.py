@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,8 +16,10 @@ from clinic.data.cases import CohortNotFoundError
 from clinic.data.splits import SplitPlan
 from clinic.settings import Settings
 from clinic.store.store import Store
-from clinic.train.artifacts import ModelNotFoundError
-from clinic.train.runner import TrainRequest, calibrate, finetune, pretrain
+from clinic.train.errors import ModelNotFoundError
+
+if TYPE_CHECKING:  # torch and the model stack load only when a model command runs
+    from clinic.train.runner import TrainRequest
 
 train_app = typer.Typer(help="Train a model on a cohort: pretrain, finetune, calibrate.")
 run_app = typer.Typer(help="Benchmarks that anyone can run from a fresh clone.")
@@ -116,6 +118,8 @@ def register(app: typer.Typer, load_settings: Callable[[], Settings]) -> None:
     def make_request(
         model: str, cohort: str | None, **values: Any
     ) -> tuple[Settings, TrainRequest]:
+        from clinic.train.runner import TrainRequest
+
         settings = load_settings()
         labels = values.pop("labels")
         plan = SplitPlan(test_folds=_folds(values.pop("test_folds")),
@@ -125,17 +129,16 @@ def register(app: typer.Typer, load_settings: Callable[[], Settings]) -> None:
                                label_names=names, split_plan=plan, **values)  # fmt: skip
         return settings, request
 
-    for name, stage, doc in (
-        ("pretrain", pretrain, "Contrastive pre-training of the encoders (every modality pair)."),
-        ("finetune", finetune, "Supervised training: fusion + head, modality dropout."),
-        ("calibrate", calibrate, "Fit per-subset calibration on the validation split."),
+    for name, doc in (
+        ("pretrain", "Contrastive pre-training of the encoders (every modality pair)."),
+        ("finetune", "Supervised training: fusion + head, modality dropout."),
+        ("calibrate", "Fit per-subset calibration on the validation split."),
     ):
-        _register_stage(name, stage, doc, make_request)
+        _register_stage(name, doc, make_request)
 
 
 def _register_stage(
     name: str,
-    stage: Callable[[Store, TrainRequest, RichReporter], dict[str, Any]],
     doc: str,
     make_request: Callable[..., tuple[Settings, TrainRequest]],
 ) -> None:
@@ -166,7 +169,9 @@ def _register_stage(
             seed=seed, device=device, label_vocabulary=labels_from, labels=labels,
             test_folds=test_folds, val_folds=val_folds, adapter=adapter,
         )  # fmt: skip
-        _run_stage(stage, request, settings, as_json)
+        from clinic.train import runner
+
+        _run_stage(getattr(runner, name), request, settings, as_json)
 
     command.__doc__ = doc
     train_app.command(name)(command)

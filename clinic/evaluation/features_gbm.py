@@ -22,7 +22,7 @@ FloatArray = npt.NDArray[np.float64]
 class GbmParams:
     """Small-data hyper-parameters, compared on PTB-XL folds 1–6 (bench/ptbxl_features_check).
 
-    Slow learning, few leaves, L2 on leaf values, and a random 30% of the features at each split
+    Slow learning, at most 15 leaves, L2 on leaf values, a random 30% of the features per split
     (with ~260 training ECGs and ~180 correlated features, variance is the enemy); leaves of at
     least 5 rows, since rare classes have only ~20 positives.
     """
@@ -47,6 +47,7 @@ class FeaturesGbm:
         self.params = params or GbmParams()
         self.threads = threads
         self.label_names: tuple[str, ...] = ()
+        self._fitted = False
         # Per label: a fitted model, or the known prevalence when only one class was seen.
         self._models: list[HistGradientBoostingClassifier | float] = []
 
@@ -68,11 +69,12 @@ class FeaturesGbm:
             self._models = [
                 self._fit_label(features, labels[:, k], seed + k) for k in range(labels.shape[1])
             ]
+        self._fitted = True
         return self
 
     def predict_proba(self, X: npt.ArrayLike) -> FloatArray:
         """Probability of each label being present: (N, F) → (N, K)."""
-        if not self.label_names:
+        if not self._fitted:
             raise RuntimeError("FeaturesGbm.predict_proba called before fit")
         features = _as_matrix(X)
         with threadpool_limits(limits=self.threads, user_api="openmp"):
@@ -82,7 +84,7 @@ class FeaturesGbm:
                 else np.full(features.shape[0], model)
                 for model in self._models
             ]
-        return np.stack(columns, axis=1).astype(np.float64)
+        return np.stack(columns, axis=1) if columns else np.zeros((features.shape[0], 0))
 
     def _fit_label(
         self, features: FloatArray, label: FloatArray, seed: int

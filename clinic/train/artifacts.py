@@ -28,15 +28,14 @@ from clinic.data.dataset import PreprocessConfig
 from clinic.models.calibration import CalibrationMap
 from clinic.models.config import model_config_from_dict, model_config_to_dict
 from clinic.models.model import ClinicModel
+from clinic.train.errors import ModelNotFoundError
+
+__all__ = ["ModelNotFoundError"]  # re-exported: callers catch it from here
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 CALIBRATION_FILE = "calibration.json"
 CARD_FILE = "card.json"
-
-
-class ModelNotFoundError(LookupError):
-    """No model of that name under the models folder."""
 
 
 def models_root(home: Path) -> Path:
