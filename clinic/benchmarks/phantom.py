@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression
 
 from clinic.benchmarks.common import Stopwatch, benchmark_store, ingest_items
-from clinic.data.cases import Case
+from clinic.data.cases import Case, label_matrix
 from clinic.evaluation.evaluate import EvaluationRequest, evaluate
 from clinic.evaluation.subsets import EvaluationSettings
 from clinic.ingest.discover import iter_items_from_paths
@@ -79,8 +79,6 @@ def _train_and_evaluate(
     reporter: Reporter,
     watch: Stopwatch,
 ) -> dict[str, Any]:
-    from dataclasses import replace
-
     pretrain(store, replace(request, epochs=options.pretrain_epochs), reporter)
     watch.lap("pretrain")
     finetune(store, replace(request, epochs=options.finetune_epochs), reporter)
@@ -156,8 +154,6 @@ class LatentOracle:
     def __call__(
         self, train: Sequence[Case], test: Sequence[Case], label_names: Sequence[str]
     ) -> FloatArray:
-        from clinic.data.cases import label_matrix
-
         x_train, x_test = self._matrix(train), self._matrix(test)
         y_train = label_matrix(train, label_names)
         scores = np.full((len(test), len(label_names)), np.nan)

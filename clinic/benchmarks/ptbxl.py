@@ -34,7 +34,7 @@ from clinic.benchmarks.ptbxl_models import (
     train_ours,
     train_resnet1d,
 )
-from clinic.data.cases import Case, load_cases
+from clinic.data.cases import Case, label_matrix, load_cases
 from clinic.data.splits import SplitPlan, hashed_split, patients_of
 from clinic.evaluation.guards import assert_patient_disjoint
 from clinic.evaluation.metrics import auroc
@@ -210,6 +210,4 @@ def _without_reports(cases: Sequence[Case]) -> list[Case]:
 
 
 def superclass_matrix(cases: Sequence[Case]) -> FloatArray:
-    from clinic.data.cases import label_matrix
-
     return label_matrix(cases, SUPERCLASSES).astype(np.float64)

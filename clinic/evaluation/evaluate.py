@@ -80,7 +80,21 @@ def evaluate(
         "card": read_json(directory / "card.json")["hashes"],
     }
     write_outputs(result, model, calibration_present=calibration is not None, out=request.out)
+    _write_full_subset_curves(model, calibration, tables["test"], request.out)
     return result
+
+
+def _write_full_subset_curves(
+    model: ClinicModel, calibration: Any, test: EmbeddingTable, out: Path
+) -> None:
+    """ROC curves and reliability diagram of the calibrated model on its largest subset."""
+    complete = tuple(m for m in model.modalities if bool(test.present[m].any()))
+    rows = test.having(complete).numpy()
+    if rows.sum() < 2:
+        return
+    scores = calibrated_scorer(model.fusion.cpu().eval(), test, calibration)(complete)
+    labels = test.labels.double().numpy()
+    write_curves(out, labels[rows], scores[rows], model.label_names, subset_name(complete))
 
 
 def _cohort_for(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from clinic.data.cases import label_matrix
 from clinic.data.dataset import CaseDataset, make_collate
 from clinic.data.splits import SplitPlan
 from clinic.models.calibration import fit_calibration
@@ -306,7 +307,5 @@ def _card(
 
 
 def _positives(data: CohortData, names: Sequence[str]) -> dict[str, int]:
-    from clinic.data.cases import label_matrix
-
     matrix = label_matrix(data.splits["train"], names)
     return {name: int(np.nansum(matrix[:, k] >= 0.5)) for k, name in enumerate(names)}

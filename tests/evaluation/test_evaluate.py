@@ -229,4 +229,5 @@ def test_evaluate_after_a_one_epoch_training_run(tiny_store: Store, tmp_path: Pa
     assert set(parsed["subsets"]) == set(result["subsets"])
     assert subset_name(("xray", "ecg", "record", "report")) in parsed["subsets"]
     assert (out / "evaluation.md").read_text().startswith("# Evaluation")
-    assert (out / "subset_label_auroc.png").read_bytes().startswith(b"\x89PNG")
+    for plot in ("subset_label_auroc.png", "roc.png", "reliability.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
