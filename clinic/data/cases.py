@@ -28,23 +28,10 @@ from clinic.store.models import (
     Report,
     XrayImage,
 )
+from schemas.clinical_record import CORE_FIELD_NAMES
 from schemas.modalities import MODALITIES
 
-RECORD_FIELDS: tuple[str, ...] = (
-    "age_years",
-    "height_cm",
-    "weight_kg",
-    "heart_rate_bpm",
-    "systolic_bp_mmhg",
-    "diastolic_bp_mmhg",
-    "respiratory_rate_per_min",
-    "temperature_c",
-    "spo2_percent",
-    "bnp_pg_ml",
-    "troponin_ng_l",
-    "wbc_10e9_l",
-    "crp_mg_l",
-)
+RECORD_FIELDS: tuple[str, ...] = tuple(name for name in CORE_FIELD_NAMES if name != "sex")
 """Numeric core fields of a clinical record that models read (``sex`` is added as a flag)."""
 
 _KNOWN_STATES = ("positive", "negative")

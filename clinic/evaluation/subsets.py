@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clinic.evaluation.metrics import multilabel_metrics
-from clinic.models.calibration import CalibrationMap
+from clinic.models.calibration import CalibrationMap, sigmoid
 from clinic.models.config import FusionConfig
 from clinic.models.fusion import ModalityFusion
 from clinic.train.embeddings import EmbeddingTable, FusionRecipe, fusion_logits, train_fusion
@@ -69,7 +69,7 @@ def calibrated_scorer(
     def score(subset: tuple[str, ...]) -> FloatArray:
         logits = fusion_logits(fusion, table, subset)
         if calibration is None:
-            return _sigmoid(logits)
+            return sigmoid(logits)
         return calibration.probabilities(logits, subset_name(subset))
 
     return score
@@ -127,20 +127,20 @@ def baseline_scorers(baselines: Baselines, table: EmbeddingTable) -> dict[str, S
 
     def late(subset: tuple[str, ...]) -> FloatArray:
         logits = [fusion_logits(baselines.single[m], table, (m,)) for m in subset]
-        return _sigmoid(np.mean(np.stack(logits), axis=0))
+        return sigmoid(np.mean(np.stack(logits), axis=0))
 
     def no_dropout(subset: tuple[str, ...]) -> FloatArray:
-        return _sigmoid(fusion_logits(baselines.no_dropout, table, subset))
+        return sigmoid(fusion_logits(baselines.no_dropout, table, subset))
 
     def dedicated(subset: tuple[str, ...]) -> FloatArray:
-        return _sigmoid(fusion_logits(baselines.dedicated[subset_name(subset)], table, subset))
+        return sigmoid(fusion_logits(baselines.dedicated[subset_name(subset)], table, subset))
 
     return {"late_fusion": late, "no_dropout": no_dropout, "dedicated": dedicated}
 
 
 def single_scorer(baselines: Baselines, table: EmbeddingTable, modality: str) -> Scorer:
     def score(_subset: tuple[str, ...]) -> FloatArray:
-        return _sigmoid(fusion_logits(baselines.single[modality], table, (modality,)))
+        return sigmoid(fusion_logits(baselines.single[modality], table, (modality,)))
 
     return score
 
@@ -148,7 +148,3 @@ def single_scorer(baselines: Baselines, table: EmbeddingTable, modality: str) ->
 def macro(results: Mapping[str, Mapping[str, object]], subset: str) -> float | None:
     value = results.get(subset, {}).get("macro_auroc")
     return float(value) if isinstance(value, int | float) else None
-
-
-def _sigmoid(values: FloatArray) -> FloatArray:
-    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(values, -50, 50))), dtype=np.float64)

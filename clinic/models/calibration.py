@@ -50,8 +50,8 @@ class CalibrationMap:
         """(N, K) calibrated probabilities; an unseen subset keeps the raw sigmoid."""
         fitted = self.subsets.get(subset)
         if fitted is None:
-            return _sigmoid(logits)
-        return _sigmoid(logits * np.asarray(fitted.slope) + np.asarray(fitted.intercept))
+            return sigmoid(logits)
+        return sigmoid(logits * np.asarray(fitted.slope) + np.asarray(fitted.intercept))
 
     def abstains(self, subset: str) -> list[bool]:
         """Per label: True when this subset's validation AUROC is below ``min_auroc`` or unknown."""
@@ -102,7 +102,7 @@ def fit_subset(logits: FloatArray, labels: FloatArray, *, l2: float = 1e-2) -> S
         slope, intercept = fit_platt(logits[known, k], labels[known, k], l2=l2)
         slopes.append(slope)
         intercepts.append(intercept)
-        calibrated = _sigmoid(logits[known, k] * slope + intercept)
+        calibrated = sigmoid(logits[known, k] * slope + intercept)
         aurocs.append(_none_if_nan(auroc(labels[known, k], logits[known, k])))
         eces.append(_none_if_nan(expected_calibration_error(labels[known, k], calibrated)))
         reliability[str(k)] = reliability_curve(labels[known, k], calibrated).to_json()
@@ -131,7 +131,8 @@ def fit_platt(scores: FloatArray, labels: FloatArray, *, l2: float = 1e-2) -> tu
     return float(slope), float(intercept)
 
 
-def _sigmoid(values: FloatArray) -> FloatArray:
+def sigmoid(values: FloatArray) -> FloatArray:
+    """Logistic function, clipped so large logits neither overflow nor warn."""
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(values, -50, 50))), dtype=np.float64)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from clinic.models.lora import (
     AdapterSpec,
@@ -27,7 +27,7 @@ from clinic.models.lora import (
     set_active_adapter,
 )
 from clinic.models.model import ClinicModel
-from clinic.train.artifacts import plain_state, read_json, state_hash, write_json
+from clinic.train.artifacts import plain_state, read_json, save_tensors, state_hash, write_json
 
 HEAD_FILE = "head.safetensors"
 
@@ -69,10 +69,7 @@ def save_model_adapters(
         save_adapter(model.encoders[modality], adapter, folder / modality,
                      base_hash=base_hashes[modality])  # fmt: skip
     head = plain_state(model.fusion)
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{HEAD_FILE}.tmp"
-    save_file(head, str(temporary))
-    temporary.replace(folder / HEAD_FILE)
+    save_tensors(head, folder / HEAD_FILE)
     manifest = {
         "adapter": adapter,
         "modalities": list(model.modalities),

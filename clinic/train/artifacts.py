@@ -86,13 +86,18 @@ def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def save_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(dict(state), str(temporary))
+    temporary.replace(path)
+
+
 def save_model(model: ClinicModel, directory: Path) -> str:
     """Write model.json and weights; returns the weights' content hash."""
     state = plain_state(model)
-    temporary = directory / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(temporary))
-    temporary.replace(directory / WEIGHTS_FILE)
+    save_tensors(state, directory / WEIGHTS_FILE)
     write_json(directory / MODEL_FILE, describe_model(model))
     return state_hash(state)
 
@@ -156,9 +161,7 @@ def save_checkpoint(
     """Weights, optimiser and epoch, each file atomically; state.json last marks it complete."""
     folder = directory / "checkpoint"
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".weights.{os.getpid()}.tmp"
-    save_file(plain_state(model), str(temporary))
-    temporary.replace(folder / "weights.safetensors")
+    save_tensors(plain_state(model), folder / "weights.safetensors")
     temporary_optimiser = folder / f".optimiser.{os.getpid()}.tmp"
     torch.save(optimiser.state_dict(), temporary_optimiser)
     temporary_optimiser.replace(folder / "optimiser.pt")
