@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 
 DEMO_PSEUDONYM_KEY = "clinic-demo-key-not-for-patient-data"
+DEMO_AUDIT_KEY = "clinic-demo-audit-key-not-for-patient-data"
 MIN_KEY_LENGTH = 16
 
 
@@ -34,7 +35,8 @@ class Settings:
 
     ``pseudonym_key`` keys the HMAC that turns patient identifiers into pseudonyms; it lives only
     here (environment / secret store), never in the database, so the store alone cannot be
-    re-identified.
+    re-identified. ``audit_key`` keys the audit hash chain for the same reason: someone who can
+    write to the database cannot recompute the chain without it.
     """
 
     home: Path
@@ -43,6 +45,7 @@ class Settings:
     mode: RunMode
     ecg_sampling_rate: int = 500
     ecg_duration_s: float = 10.0
+    raw_audit_key: str | None = None
 
     @property
     def blob_root(self) -> Path:
@@ -51,11 +54,21 @@ class Settings:
     @property
     def pseudonym_key(self) -> bytes:
         """The validated key; raises :class:`SettingsError` when unsafe for this mode."""
-        return _pseudonym_key(self.raw_pseudonym_key, self.mode)
+        return _secret(self.raw_pseudonym_key, self.mode, "CLINIC_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY)
+
+    @property
+    def audit_key(self) -> bytes:
+        """The key of the audit chain's HMAC; raises :class:`SettingsError` when unsafe."""
+        return _secret(self.raw_audit_key, self.mode, "CLINIC_AUDIT_KEY", DEMO_AUDIT_KEY)
+
+    @property
+    def audit_dir(self) -> Path:
+        """Where audit checkpoints are kept: outside the database, like the key."""
+        return self.home / "audit"
 
     def check(self) -> None:
-        """Fail fast (at start-up of commands that pseudonymise) on an unsafe configuration."""
-        _pseudonym_key(self.raw_pseudonym_key, self.mode)
+        """Fail fast (at start-up of every command that opens the store) on unsafe secrets."""
+        _ = self.pseudonym_key, self.audit_key
 
     @property
     def is_sqlite(self) -> bool:
@@ -77,26 +90,26 @@ class Settings:
             raw_pseudonym_key=env.get("CLINIC_PSEUDONYM_KEY"),
             mode=run_mode,
             ecg_sampling_rate=rate,
+            raw_audit_key=env.get("CLINIC_AUDIT_KEY"),
         )
 
 
-def _pseudonym_key(raw: str | None, mode: RunMode) -> bytes:
+def _secret(raw: str | None, mode: RunMode, variable: str, demo_value: str) -> bytes:
+    """A secret from ``variable``; in production it must be set, long and not the demo value."""
     if mode is RunMode.PRODUCTION:
         if not raw:
             raise SettingsError(
-                "CLINIC_PSEUDONYM_KEY is not set. Set a secret of at least "
+                f"{variable} is not set. Set a secret of at least "
                 f"{MIN_KEY_LENGTH} characters, or CLINIC_MODE=demo for the demo cohort."
             )
-        if raw == DEMO_PSEUDONYM_KEY:
+        if raw == demo_value:
             raise SettingsError(
-                "CLINIC_PSEUDONYM_KEY is the published demo key; refusing to pseudonymise real "
-                "data with it. Set a secret key, or CLINIC_MODE=demo."
+                f"{variable} is the published demo key; refusing to use it on real "
+                "data. Set a secret key, or CLINIC_MODE=demo."
             )
         if len(raw) < MIN_KEY_LENGTH:
-            raise SettingsError(
-                f"CLINIC_PSEUDONYM_KEY is shorter than {MIN_KEY_LENGTH} characters."
-            )
-    return (raw or DEMO_PSEUDONYM_KEY).encode()
+            raise SettingsError(f"{variable} is shorter than {MIN_KEY_LENGTH} characters.")
+    return (raw or demo_value).encode()
 
 
 def normalise_database_url(url: str) -> str:

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from clinic.settings import DEMO_PSEUDONYM_KEY, RunMode, Settings, SettingsError
+from clinic.settings import (
+    DEMO_AUDIT_KEY,
+    DEMO_PSEUDONYM_KEY,
+    RunMode,
+    Settings,
+    SettingsError,
+)
 
 
 def test_defaults_to_a_sqlite_file_under_clinic_home(tmp_path: Path) -> None:
@@ -42,7 +48,22 @@ def test_demo_and_test_modes_may_use_the_demo_key() -> None:
         assert settings.pseudonym_key == DEMO_PSEUDONYM_KEY.encode()
 
 
-def test_a_real_key_is_accepted_in_production() -> None:
-    settings = Settings.from_env({"CLINIC_PSEUDONYM_KEY": "a-long-enough-secret-key"})
+def test_real_keys_are_accepted_in_production() -> None:
+    env = {"CLINIC_PSEUDONYM_KEY": "a-long-enough-secret-key", "CLINIC_AUDIT_KEY": "another-secret-key"}
+    settings = Settings.from_env(env)
     settings.check()
     assert settings.pseudonym_key == b"a-long-enough-secret-key"
+    assert settings.audit_key == b"another-secret-key"
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [(None, "CLINIC_AUDIT_KEY is not set"), (DEMO_AUDIT_KEY, "published demo key"),
+     ("short", "shorter than")],
+)  # fmt: skip
+def test_production_refuses_a_missing_or_weak_audit_key(key: str | None, message: str) -> None:
+    env = {"CLINIC_PSEUDONYM_KEY": "a-long-enough-secret-key"}
+    if key is not None:
+        env["CLINIC_AUDIT_KEY"] = key
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env).check()

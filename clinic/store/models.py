@@ -11,8 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -25,6 +28,8 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from clinic.store.vector import VectorColumn
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -253,15 +258,112 @@ class QuarantineItem(Timestamped, Base):
 
 
 class AuditEvent(Base):
-    """Who did what, when, with which outcome (the hash chain is added by the audit module)."""
+    """Who did what, when, with which outcome; chained by a keyed hash (see ``clinic.audit``).
+
+    ``chain_hash`` is an HMAC (key outside the database) over the event's canonical encoding and
+    ``prev_hash``, so editing, deleting, inserting or reordering rows breaks the chain even for
+    someone who can write to the database. Rows are append-only: triggers refuse UPDATE and DELETE.
+    """
 
     __tablename__ = "audit_events"
     id: Mapped[int] = mapped_column(primary_key=True)
-    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sequence: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     actor: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(64), index=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str | None] = mapped_column(String(128))
+    resource_id: Mapped[str | None] = mapped_column(String(128), index=True)
     outcome: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str | None] = mapped_column(SHA256)
+    chain_hash: Mapped[str | None] = mapped_column(SHA256)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditChainHead(Base):
+    """The chain's last sequence number and hash: one row, locked by every appender.
+
+    Updating this row first serialises appenders on both backends (a row lock on PostgreSQL, the
+    write lock on SQLite), so two writers can never fork the chain.
+    """
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    chain_hash: Mapped[str] = mapped_column(SHA256)
+    legacy_max_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class User(Timestamped, Base):
+    """A person who signs in: clinician, researcher or admin; the password only as a hash."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CohortRun(Base):
+    """One ``clinic cohort score`` run: what it scored with, how far it got."""
+
+    __tablename__ = "cohort_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cohort_id: Mapped[int] = mapped_column(ForeignKey("cohorts.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    adapter: Mapped[str | None] = mapped_column(String(128))
+    model_key: Mapped[str] = mapped_column(SHA256)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    counts: Mapped[dict[str, Any]]
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class Prediction(Timestamped, Base):
+    """Calibrated findings for one case by one model version, with full lineage.
+
+    ``lineage_hash`` covers the base weights, adapter, preprocessing, calibration, every input
+    blob and the code version: the same case scored by the same everything is the same row.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("encounter_id", "lineage_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encounter_id: Mapped[int] = mapped_column(
+        ForeignKey("encounters.id", ondelete="CASCADE"), index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    adapter: Mapped[str | None] = mapped_column(String(128))
+    model_key: Mapped[str] = mapped_column(SHA256, index=True)
+    lineage_hash: Mapped[str] = mapped_column(SHA256)
+    lineage: Mapped[dict[str, Any]]
+    subset: Mapped[str] = mapped_column(String(64))
+    findings: Mapped[list[Any]]
+    explanations: Mapped[dict[str, Any]]
+    created_by: Mapped[str] = mapped_column(String(128))
+    cohort_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cohort_runs.id", ondelete="SET NULL"), index=True
+    )
+
+
+class Embedding(Timestamped, Base):
+    """One case's unit embedding in one space (a model version × a modality, or fused)."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("encounter_id", "space"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encounter_id: Mapped[int] = mapped_column(
+        ForeignKey("encounters.id", ondelete="CASCADE"), index=True
+    )
+    space: Mapped[str] = mapped_column(String(96), index=True)
+    model_key: Mapped[str] = mapped_column(SHA256)
+    modality: Mapped[str] = mapped_column(String(16))
+    dim: Mapped[int]
+    vector: Mapped[npt.NDArray[np.float32]] = mapped_column(VectorColumn())
