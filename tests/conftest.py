@@ -119,3 +119,23 @@ def tiny_store(tiny_phantom: Settings, tmp_path: Path) -> Iterator[Store]:
     opened = Store.open(copy_store(tiny_phantom, tmp_path))
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_phantom: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The tiny phantom store with a trained, calibrated tiny model; read-only (copy to write)."""
+    from tests.modelkit import copy_store, train_tiny_model
+
+    settings = copy_store(tiny_phantom, tmp_path_factory.mktemp("tiny-trained"))
+    train_tiny_model(settings)
+    return settings
+
+
+@pytest.fixture
+def trained_store(tiny_trained: Settings, tmp_path: Path) -> Iterator[Store]:
+    """A private, writable copy of the tiny store with its trained model."""
+    from tests.modelkit import copy_store
+
+    opened = Store.open(copy_store(tiny_trained, tmp_path))
+    yield opened
+    opened.close()

@@ -60,3 +60,28 @@ def copy_store(source: Settings, destination: Path) -> Settings:
     """An independent copy of a SQLite store (database file and blobs) under ``destination``."""
     shutil.copytree(source.home, destination / "home")
     return make_settings(destination / "home", f"sqlite:///{destination / 'home' / 'clinic.db'}")
+
+
+TINY_MODEL = "tiny"
+
+
+def train_tiny_model(settings: Settings, name: str = TINY_MODEL) -> None:
+    """Pretrain, finetune and calibrate a tiny model on the tiny cohort (a few seconds).
+
+    ``min_auroc=0`` so that findings abstain only where calibration had no data, leaving
+    non-abstained findings to explain.
+    """
+    from clinic.train.runner import QuietReporter, TrainRequest, calibrate, finetune, pretrain
+
+    store = Store.open(settings, migrate=False)
+    try:
+        request = TrainRequest(
+            home=settings.home, model_name=name, cohort=TINY_COHORT, config=tiny_config(),
+            epochs=1, batch_size=8, min_auroc=0.0,
+        )  # fmt: skip
+        reporter = QuietReporter()
+        pretrain(store, request, reporter)
+        finetune(store, request, reporter)
+        calibrate(store, request, reporter)
+    finally:
+        store.close()

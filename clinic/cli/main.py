@@ -1,4 +1,4 @@
-"""``clinic``: ingest, inspect, train and evaluate (predict and review come in later releases).
+"""``clinic``: ingest, inspect, train, evaluate, predict, retrieve, report and audit.
 
 Each command builds :class:`~clinic.settings.Settings` from the environment and opens the store in
 ``CLINIC_HOME`` (or ``CLINIC_DATABASE_URL``); nothing is configured at import time.
@@ -8,10 +8,11 @@ import signal
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from clinic.cli.admin_commands import register as register_admin_commands
 from clinic.cli.model_commands import evaluate_command_factory
 from clinic.cli.model_commands import register as register_model_commands
 from clinic.cli.output import (
@@ -21,6 +22,7 @@ from clinic.cli.output import (
     progress_bar,
     summary_table,
 )
+from clinic.cli.predict_commands import register as register_predict_commands
 from clinic.ingest.discover import iter_items_from_paths, iter_manifest_items
 from clinic.ingest.engine import IngestOptions, IngestSummary, ingest
 from clinic.ingest.errors import IngestError
@@ -177,6 +179,8 @@ for _importer_name in IMPORTERS:
 
 register_model_commands(app, load_settings)
 app.command("evaluate")(evaluate_command_factory(load_settings))
+register_predict_commands(app, cohort_app, load_settings)
+register_admin_commands(app, load_settings)
 
 
 @app.command("status")
@@ -260,7 +264,8 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     workers: WorkersOption = 2,
 ) -> None:
-    """The demo: synthesise a phantom cohort, ingest it into CLINIC_HOME, print the status."""
+    """The demo: synthesise and ingest a phantom cohort, train a model, score the cohort, write
+    its report, predict and retrieve for the top case, verify the audit trail."""
     from clinic.synth import synthesize_cohort
 
     settings = load_settings(RunMode.DEMO)
@@ -274,8 +279,51 @@ def demo_command(
     )
     run_ingest(settings, items, options, as_json=False)
     print_status(settings, as_json=False)
+    run_demo_model(settings)
+
+
+def run_demo_model(settings: Settings) -> None:
+    """Train (or reuse) the demo model, then score, report, predict, retrieve and verify."""
+    from clinic.cli.model_commands import reporter_for
+    from clinic.demo import DEMO_USERS, run_demo_analysis, train_demo_model
+
+    store = Store.open(settings)
+    try:
+        with reporter_for(False) as reporter:
+            train_demo_model(store, reporter)
+            result = run_demo_analysis(store, _DemoProgress(reporter))
+    finally:
+        store.close()
+    human = consoles(False)[0]
+    human.print(f"\nScored {result.scored} new cases; cohort report: {result.report}")
+    top = result.prediction
+    human.print(f"Top-risk case {result.top_case} ({top['subset']}):")
+    for finding in sorted(top["findings"], key=lambda f: -f["probability"])[:3]:
+        low, high = finding["interval"]
+        human.print(f"  {finding['label']:24} {finding['probability']:.2f} ({low:.2f}–{high:.2f})")
+    human.print("Most similar cases:")
+    for hit in result.similar["hits"]:
+        labels = ", ".join(hit["labels"]) or "no positive label"
+        human.print(f"  {hit['case_id']}  similarity {hit['score']:.2f}  ({labels})")
+    audit = result.audit
+    human.print(f"Audit trail: {'intact' if audit['ok'] else 'BROKEN'}, {audit['events']} events")
+    logins = ", ".join(f"{name} / {password}" for name, (_, password) in DEMO_USERS.items())
     typer.echo(
-        f"\nThe demo store is {settings.home}. Look around with, for example:\n"
-        "  CLINIC_MODE=demo .venv/bin/clinic quarantine list\n"
-        "  CLINIC_MODE=demo .venv/bin/clinic status --json"
+        f"\nThe demo store is {settings.home}. Demo logins: {logins}. Try:\n"
+        f"  CLINIC_MODE=demo .venv/bin/clinic predict {result.top_case} --json\n"
+        f"  CLINIC_MODE=demo .venv/bin/clinic similar {result.top_case} --k 5 --filter age=40-90\n"
+        '  CLINIC_MODE=demo .venv/bin/clinic similar --text "pleural effusion" --k 5\n'
+        "  CLINIC_MODE=demo .venv/bin/clinic audit verify --json\n"
+        f"  open {result.report}"
     )
+
+
+class _DemoProgress:
+    def __init__(self, reporter: Any) -> None:
+        self.reporter = reporter
+
+    def start(self, total: int) -> None:
+        self.reporter.start("scoring the demo cohort", total)
+
+    def advance(self, amount: int) -> None:
+        self.reporter.advance(amount)

@@ -75,15 +75,19 @@ def load_cases(
     cohort: str | None = None,
     label_vocabulary: str | None = None,
     extra_fields: Sequence[str] = (),
+    case_ids: Sequence[str] | None = None,
 ) -> list[Case]:
     """Every encounter of ``cohort`` (or of the whole store) as a :class:`Case`, ordered by id.
 
     Labels are restricted to ``label_vocabulary`` when given. Reports of one encounter (e.g. a
     radiology report and an ECG interpretation) are joined in a stable order. ``extra_fields``
     names record extras (source columns outside the core schema, such as Hannover's binned
-    labs) to add to ``Case.record`` as floats, NaN where absent or not a number.
+    labs) to add to ``Case.record`` as floats, NaN where absent or not a number. ``case_ids``
+    restricts the result to those encounters (by pseudonymous case id).
     """
     encounters = _encounter_query(session, cohort)
+    if case_ids is not None:
+        encounters = encounters.where(Encounter.pseudonym.in_(list(case_ids)))
     cases = {
         int(row[0]): Case(case_id=str(row[1]), patient_id=str(row[2]), split=row[3])
         for row in session.execute(encounters).all()

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clinic import __version__
+from clinic.audit.chain import AuditKey
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.prepare import (
     Outcome,
@@ -228,7 +229,14 @@ def _flush(
     prepared = [o for o in batch if isinstance(o, Prepared)]
     refused = [o for o in batch if isinstance(o, Refused)]
     with store.session() as session, session.begin():
-        result = write_batch(session, prepared, refused, run_id=run_id, cohort_id=cohort_id)
+        result = write_batch(
+            session,
+            prepared,
+            refused,
+            run_id=run_id,
+            cohort_id=cohort_id,
+            audit_key=AuditKey.from_settings(store.settings),
+        )
     summary.add_batch(result)
 
 
@@ -291,4 +299,5 @@ def _finish_run(store: Store, run_id: int, summary: IngestSummary, status: str) 
         run.finished_at = dt.datetime.now(dt.UTC)
         run.counts = counts
         outcome = "success" if status == "finished" else status
-        session.add(ingest_audit_event("ingest.run", run_id, outcome, counts))
+        key = AuditKey.from_settings(store.settings)
+        ingest_audit_event(session, key, "ingest.run", run_id, outcome, counts)

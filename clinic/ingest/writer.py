@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
+from clinic.audit.chain import AuditKey, append_event
 from clinic.ingest.prepare import Prepared, Refused
 from clinic.store.models import (
     AuditEvent,
@@ -56,6 +57,7 @@ def write_batch(
     *,
     run_id: int,
     cohort_id: int | None,
+    audit_key: AuditKey,
 ) -> BatchResult:
     """Write one batch; the caller commits. Returns what was new, already there, or refused."""
     encounter_ids = _ensure_encounters(session, prepared)
@@ -66,7 +68,7 @@ def write_batch(
     if cohort_id is not None:
         add_to_cohort(session, cohort_id, {encounter_ids[p.encounter] for p in prepared})
     quarantined = _quarantine(session, refused, run_id)
-    _audit_batch(session, run_id, len(new_items), quarantined)
+    _audit_batch(session, audit_key, run_id, len(new_items), quarantined)
     return BatchResult(len(new_items), len(prepared) - len(new_items), quarantined)
 
 
@@ -214,19 +216,31 @@ def _quarantine(session: Session, refused: Sequence[Refused], run_id: int) -> di
     return counts
 
 
-def _audit_batch(session: Session, run_id: int, ingested: int, quarantined: dict[str, int]) -> None:
+def _audit_batch(
+    session: Session, key: AuditKey, run_id: int, ingested: int, quarantined: dict[str, int]
+) -> None:
     """One audit event per committed batch, in the same transaction as the rows it describes."""
     if not ingested and not quarantined:
         return
     details = {"ingested": ingested, "quarantined": quarantined}
-    session.add(ingest_audit_event("ingest.batch", run_id, "success", details))
+    ingest_audit_event(session, key, "ingest.batch", run_id, "success", details)
 
 
 def ingest_audit_event(
-    action: str, run_id: int, outcome: str, details: dict[str, Any]
+    session: Session,
+    key: AuditKey,
+    action: str,
+    run_id: int,
+    outcome: str,
+    details: dict[str, Any],
 ) -> AuditEvent:
-    """An audit event of the ingestion system about one run."""
-    return AuditEvent(
+    """Chain an audit event of the ingestion system about one run into the caller's transaction.
+
+    Appended last in the batch's transaction, so the chain's lock is held only until the commit.
+    """
+    return append_event(
+        session,
+        key,
         actor=current_actor(),
         role="system",
         action=action,

@@ -1,0 +1,1 @@
+"""Audited predictions: calibrated findings, uncertainty, contributions, explanations, lineage."""

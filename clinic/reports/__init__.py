@@ -1,0 +1,1 @@
+"""Documents made from predictions: the cohort HTML report, prediction tables and FHIR resources."""

@@ -1,0 +1,1 @@
+"""Similar-case retrieval: embeddings per case and modality, indexes, and the search service."""
