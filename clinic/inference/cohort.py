@@ -27,6 +27,7 @@ from clinic.inference.service import loaded_model
 from clinic.store.models import Cohort, CohortRun, Prediction, utcnow
 from clinic.store.store import Store
 
+
 @dataclass(frozen=True)
 class CohortScoreRequest:
     cohort: str
@@ -36,6 +37,7 @@ class CohortScoreRequest:
     batch_size: int = 32
     mc_samples: int = 30
     device: str | None = None
+
 
 @dataclass
 class CohortScoreSummary:
@@ -49,11 +51,13 @@ class CohortScoreSummary:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+
 class Progress:
     """Progress sink: the CLI draws a bar, tests ignore it."""
 
     def start(self, total: int) -> None: ...
     def advance(self, amount: int) -> None: ...
+
 
 def score_cohort(
     store: Store,
@@ -83,6 +87,7 @@ def score_cohort(
     _finish_run(store, key, principal, run.id, summary)
     return summary
 
+
 def _unscored(
     session: Session, loaded: LoadedModel, cases: Sequence[Case], ids: dict[str, tuple[int, str]]
 ) -> list[Case]:
@@ -102,6 +107,7 @@ def _unscored(
         ).all()
         done.update((int(a), str(b)) for a, b in rows)
     return [case for pair, case in wanted.items() if pair not in done]
+
 
 def _start_run(
     session: Session,
@@ -125,6 +131,7 @@ def _start_run(
            details={"cohort": request.cohort, "model": loaded.name, "cases": total})  # fmt: skip
     session.commit()
     return run
+
 
 def _write(
     session: Session,
@@ -151,6 +158,7 @@ def _write(
                     "lineage_hash": result.lineage_hash, "cohort_run": run_id})  # fmt: skip
     summary.scored += 1
 
+
 def _finish_run(
     store: Store, key: AuditKey, principal: Principal, run_id: int, summary: CohortScoreSummary
 ) -> None:
@@ -163,8 +171,7 @@ def _finish_run(
                details=run.counts if run else {})  # fmt: skip
         session.commit()
 
+
 def _batched(results: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while chunk := list(islice(results, size)):
         yield chunk
-
-ProgressCallback = Callable[[int], None]

@@ -212,7 +212,7 @@ def embed_uncached(
     here: ``trim_padding`` counts attended tokens, which under-counts an occluded mask."""
     encoder: Any = model.encoders[modality]
     if model._backbone_frozen(modality):
-        out: Tensor = l2_normalise(encoder.projection(model.feature_cache.features(modality, encoder.features, *inputs)))
+        out: Tensor = l2_normalise(encoder.projection(encoder.features(*inputs)))
     else:
         out = encoder(*inputs)
     if modality == "ecg" and model.measurements is not None:

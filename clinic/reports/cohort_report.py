@@ -219,9 +219,9 @@ def _group_names(series: pd.Series[Any]) -> StrArray:
     return np.asarray(names, dtype=np.str_)
 
 
-def age_bands(ages: npt.ArrayLike) -> StrArray:
+def age_bands(ages: Iterable[object]) -> StrArray:
     """Band per age in years: <40, 40–59, 60–79, ≥80 (lower bound included); NaN → unknown."""
-    years = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
+    years = np.asarray(pd.to_numeric(pd.Series(list(ages)), errors="coerce"), dtype=np.float64)
     unknown = np.isnan(years)
     safe = np.where(unknown, 0.0, years)
     bands = np.select(

@@ -140,7 +140,9 @@ def test_every_reference_resolves_within_the_bundle() -> None:
     assert set(references) <= set(full_urls)
     (report,) = _resources(bundle, "DiagnosticReport")
     observations = _resources(bundle, "Observation")
-    assert [r["reference"] for r in report["result"]] == [f"urn:uuid:{o['id']}" for o in observations]
+    assert [r["reference"] for r in report["result"]] == [
+        f"urn:uuid:{o['id']}" for o in observations
+    ]
     (device,) = _resources(bundle, "Device")
     assert {o["device"]["reference"] for o in observations} == {f"urn:uuid:{device['id']}"}
 
