@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO, cast
 
@@ -41,7 +42,7 @@ from clinic.auth.users import (
     set_active,
     set_password,
 )
-from clinic.cli.output import consoles, print_json
+from clinic.cli.output import print_json
 from clinic.settings import Settings
 from clinic.store.models import User
 from clinic.store.store import Store
@@ -51,9 +52,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 PasswordStdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first stdin line.")
 ]
-RoleArgument = Annotated[
-    Role, typer.Option("--role", help="clinician, researcher or admin.", case_sensitive=False)
-]
+
+
+class AccountRole(StrEnum):
+    """The roles a person can hold (``system`` is for batch jobs only)."""
+
+    CLINICIAN = Role.CLINICIAN.value
+    RESEARCHER = Role.RESEARCHER.value
+    ADMIN = Role.ADMIN.value
+
+
+RoleOption = Annotated[AccountRole, typer.Option("--role", help="The account's role.")]
 
 
 @dataclass(frozen=True)
@@ -289,22 +298,21 @@ def _print_verification(result: VerifyResult, as_json: bool) -> None:
     if as_json:
         print_json(result.to_json())
         return
-    human = consoles(False)[0]
     if result.ok:
-        human.print(
+        typer.echo(
             f"audit chain OK: {result.events} events verified, {result.legacy} legacy, "
             f"{result.checkpoints} checkpoints matched"
         )
     else:
         where = f"event {result.first_bad}" if result.first_bad is not None else "the chain"
-        human.print(f"audit chain BROKEN at {where}: {result.problem}", markup=False)
+        typer.echo(f"audit chain BROKEN at {where}: {result.problem}")
 
 
 def _register_users(user_app: typer.Typer, load_settings: Callable[[], Settings]) -> None:
     @user_app.command("add")
     def add_command(
         name: Annotated[str, typer.Argument(help="Username (lower-case).")],
-        role: RoleArgument,
+        role: RoleOption,
         password_stdin: PasswordStdinOption = False,
     ) -> None:
         """Create an account; the very first one (an admin) needs no sign-in."""
@@ -320,7 +328,8 @@ def _register_users(user_app: typer.Typer, load_settings: Callable[[], Settings]
                     name,
                 )
             password = _read_password(password_stdin, confirm=True)
-            create_user(context.session, context.key, name, role, password, by=context.principal)
+            principal = context.principal
+            create_user(context.session, context.key, name, Role(role), password, by=principal)
         typer.echo(f"user {name} created ({role.value})")
 
     @user_app.command("list")

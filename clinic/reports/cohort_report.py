@@ -269,7 +269,7 @@ def _mean(values: npt.NDArray[Any]) -> float:
 def _too_few(n: int, min_cases: int) -> str:
     if n == 0:
         return "no known labels"
-    return f"only {n} known labels (minimum {min_cases})"
+    return f"only {n} known labels, fewer than {min_cases}"
 
 
 def _ranking_na_reason(y_known: FloatArray, min_cases: int) -> str | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable
 
 from clinic.audit.chain import (
     GENESIS_HASH,
@@ -61,11 +63,25 @@ def test_a_rolled_back_transaction_leaves_no_event_and_no_head_change(store: Sto
 
 
 def test_the_hash_survives_a_round_trip_through_the_database(store: Store, tmp_path: Path) -> None:
-    details = {"score": 0.1 + 0.2, "name": "Zoë ✓", 7: [1, 2.5, None, True],
-               "nested": {"b": 1, "a": [{"x": -0.0}]}, "path": tmp_path, "big": 2**62}  # fmt: skip
+    details: dict[Any, Any] = {
+        "score": 0.1 + 0.2,
+        "name": "Zoë ✓",
+        7: [1, 2.5, None, True],
+        "nested": {"b": 1, "a": [{"x": -0.0}]},
+        "path": tmp_path,
+        "big": 2**62,
+    }
     with store.session() as session, session.begin():
-        written = append_event(session, KEY, actor="ann", role="clinician", action="case.view",
-                               resource_type="case", resource_id="c1", details=details)  # fmt: skip
+        written = append_event(
+            session,
+            KEY,
+            actor="ann",
+            role="clinician",
+            action="case.view",
+            resource_type="case",
+            resource_id="c1",
+            details=details,
+        )
         hash_written = written.chain_hash
     store.engine.dispose()  # a fresh connection: nothing cached
     with store.session() as session:
@@ -111,7 +127,7 @@ def test_concurrent_appenders_produce_one_linear_chain(store: Store) -> None:
 
 def test_audit_rows_are_append_only(store: Store) -> None:
     (event_id,) = append_events(store, KEY, 1)
-    statements = [
+    statements: list[Executable] = [
         update(AuditEvent).where(AuditEvent.id == event_id).values(outcome="failure"),
         delete(AuditEvent),
     ]
@@ -125,8 +141,15 @@ def test_audit_rows_are_append_only(store: Store) -> None:
 
 def test_record_acts_for_the_principal(store: Store) -> None:
     with store.session() as session, session.begin():
-        event = record(session, KEY, Principal("ann", Role.CLINICIAN, 3), "case.view", "case",
-                       "c1", details={"fields": ["age"]})  # fmt: skip
+        event = record(
+            session,
+            KEY,
+            Principal("ann", Role.CLINICIAN, 3),
+            "case.view",
+            "case",
+            "c1",
+            details={"fields": ["age"]},
+        )
     assert (event.actor, event.role, event.outcome) == ("ann", "clinician", "success")
     assert event.key_id == KEY.key_id
 
@@ -134,10 +157,17 @@ def test_record_acts_for_the_principal(store: Store) -> None:
 def test_authorize_records_a_denial_and_raises(store: Store) -> None:
     researcher = Principal("rita", Role.RESEARCHER)
     with store.session() as session:
-        with pytest.raises(AccessDenied, match="rita.*researcher.*case.view"):
+        with pytest.raises(AccessDenied, match=r"rita.*researcher.*case\.view"):
             authorize(session, KEY, researcher, Permission.CASE_VIEW, "case.view", "case", "c9")
-        authorize(session, KEY, Principal("ann", Role.CLINICIAN), Permission.CASE_VIEW,
-                  "case.view", "case", "c9")  # fmt: skip
+        authorize(
+            session,
+            KEY,
+            Principal("ann", Role.CLINICIAN),
+            Permission.CASE_VIEW,
+            "case.view",
+            "case",
+            "c9",
+        )
         session.commit()
     (denied,) = events(store)
     assert (denied.actor, denied.outcome, denied.resource_id) == ("rita", "denied", "c9")
@@ -155,8 +185,15 @@ def test_ingest_events_are_chained(store: Store) -> None:
 
 def test_overlong_fields_are_refused_before_anything_is_written(store: Store) -> None:
     with store.session() as session, pytest.raises(ValueError, match="resource_id"):
-        append_event(session, KEY, actor="a", role="admin", action="x", resource_type="y",
-                     resource_id="r" * 129)  # fmt: skip
+        append_event(
+            session,
+            KEY,
+            actor="a",
+            role="admin",
+            action="x",
+            resource_type="y",
+            resource_id="r" * 129,
+        )
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == 0
 

@@ -1,0 +1,160 @@
+"""Nearest-neighbour search over stored embeddings, on SQLite (embedded index) and PostgreSQL
+(pgvector HNSW): agreement with exact search, filters that never starve, incremental updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from sqlalchemy import select, text
+
+from clinic.inference.records import embedding_space, upsert_embeddings
+from clinic.retrieval.backends import hnsw_index_name, search_space
+from clinic.retrieval.filters import CaseFilter, allowed_encounters, parse_filter
+from clinic.store.models import ClinicalRecord, Encounter, Label, Patient
+from clinic.store.store import Store
+from tests.conftest import make_settings
+
+MODEL_KEY = "ab" * 32
+SPACE = embedding_space(MODEL_KEY, "fused")
+N, DIM = 600, 32
+
+
+def unit(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def populate(store: Store, vectors: npt.NDArray[np.float32], start: int = 0) -> list[int]:
+    """One patient + encounter per vector; every 20th is MI-positive; ages 20..99."""
+    ids = []
+    with store.session() as session:
+        for offset, vector in enumerate(vectors):
+            number = start + offset
+            patient = Patient(pseudonym=f"P{number:05d}")
+            session.add(patient)
+            session.flush()
+            encounter = Encounter(pseudonym=f"E{number:05d}", patient_id=patient.id)
+            session.add(encounter)
+            session.flush()
+            session.add(ClinicalRecord(
+                encounter_id=encounter.id, source_sha256=f"{number:064d}", schema_name="t",
+                age_years=20 + number % 80, sex="female" if number % 2 else "male",
+                extras={}, warnings=[],
+            ))  # fmt: skip
+            if number % 20 == 0:
+                session.add(Label(encounter_id=encounter.id, name="MI", value=1.0, state="positive",
+                                  source="ground_truth", vocabulary="t"))  # fmt: skip
+            upsert_embeddings(session, encounter.id, MODEL_KEY, {"fused": vector})
+            ids.append(encounter.id)
+        session.commit()
+    return ids
+
+
+@pytest.fixture
+def filled(store: Store) -> tuple[Store, list[int], npt.NDArray[np.float32]]:
+    vectors = unit(np.random.default_rng(0).normal(size=(N, DIM)))
+    return store, populate(store, vectors), vectors
+
+
+def exact_top(vectors: npt.NDArray[np.float32], ids: list[int], query: npt.NDArray[np.float32],
+              k: int, allowed: set[int] | None = None) -> list[int]:  # fmt: skip
+    scores = vectors @ query
+    order = [ids[i] for i in np.argsort(-scores)]
+    return [i for i in order if allowed is None or i in allowed][:k]
+
+
+def test_search_agrees_with_exact_search(
+    filled: tuple[Store, list[int], npt.NDArray[np.float32]],
+) -> None:
+    store, ids, vectors = filled
+    queries = unit(np.random.default_rng(1).normal(size=(20, DIM)))
+    recalls = []
+    for query in queries:
+        hits = search_space(store, SPACE, query, 10)
+        assert len(hits) == 10
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        found = {h.encounter_id for h in hits}
+        recalls.append(len(found & set(exact_top(vectors, ids, query, 10))) / 10)
+    assert float(np.mean(recalls)) >= 0.95
+    best = search_space(store, SPACE, vectors[7], 1)[0]
+    assert best.encounter_id == ids[7] and best.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_selective_filter_still_returns_k_hits(
+    filled: tuple[Store, list[int], npt.NDArray[np.float32]],
+) -> None:
+    store, ids, vectors = filled
+    with store.session() as session:
+        allowed = set(session.scalars(allowed_encounters(parse_filter("label=MI"))).all())
+    assert len(allowed) == N // 20
+    query = unit(np.random.default_rng(2).normal(size=(1, DIM)))[0]
+    hits = search_space(store, SPACE, query, 10, allowed_encounters(parse_filter("label=MI")))
+    assert len(hits) == 10 and {h.encounter_id for h in hits} <= allowed
+    assert [h.encounter_id for h in hits] == exact_top(vectors, ids, query, 10, allowed)
+    everything = search_space(
+        store, SPACE, query, 100, allowed_encounters(parse_filter("label=MI"))
+    )
+    assert len(everything) == len(allowed)  # k > matches: all matches, no more
+
+
+def test_combined_filters(filled: tuple[Store, list[int], npt.NDArray[np.float32]]) -> None:
+    store, _, _ = filled
+    case_filter = parse_filter("age=60-80,sex=female")
+    with store.session() as session:
+        allowed = set(session.scalars(allowed_encounters(case_filter)).all())
+        rows = session.execute(
+            select(ClinicalRecord.encounter_id, ClinicalRecord.age_years, ClinicalRecord.sex)
+        ).all()
+    expected = {e for e, age, sex in rows if 60 <= age <= 80 and sex == "female"}
+    assert allowed == expected and allowed
+    query = unit(np.random.default_rng(3).normal(size=(1, DIM)))[0]
+    hits = search_space(store, SPACE, query, 5, allowed_encounters(case_filter))
+    assert len(hits) == 5 and {h.encounter_id for h in hits} <= allowed
+
+
+def test_new_embeddings_are_found_incrementally(
+    filled: tuple[Store, list[int], npt.NDArray[np.float32]],
+) -> None:
+    store, _, _ = filled
+    search_space(store, SPACE, unit(np.ones((1, DIM)))[0], 3)  # builds / syncs the index
+    fresh = unit(np.random.default_rng(4).normal(size=(3, DIM)))
+    new_ids = populate(store, fresh, start=N)
+    for vector, encounter_id in zip(fresh, new_ids, strict=True):
+        assert search_space(store, SPACE, vector, 1)[0].encounter_id == encounter_id
+    replaced = unit(np.random.default_rng(5).normal(size=(1, DIM)))[0]
+    with store.session() as session:
+        upsert_embeddings(session, new_ids[0], MODEL_KEY, {"fused": replaced})
+        session.commit()
+    top = search_space(store, SPACE, replaced, 1)[0]
+    assert top.encounter_id == new_ids[0] and top.score == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.postgres
+def test_postgres_uses_a_partial_hnsw_index(postgres_url: str, tmp_path: Path) -> None:
+    store = Store.open(make_settings(tmp_path / "home", postgres_url))
+    try:
+        vectors = unit(np.random.default_rng(0).normal(size=(50, DIM)))
+        populate(store, vectors)
+        search_space(store, SPACE, vectors[0], 5)
+        with store.engine.connect() as connection:
+            definition = connection.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                {"n": hnsw_index_name(SPACE)},
+            ).scalar_one()
+        assert "hnsw" in definition and SPACE in definition
+    finally:
+        store.close()
+
+
+def test_filter_parsing_errors_are_specific() -> None:
+    from clinic.retrieval.filters import FilterError
+
+    assert parse_filter(None) == CaseFilter()
+    assert parse_filter("label=MI, age=60-80 ,has=ecg").age == (60.0, 80.0)
+    for bad, message in [("age=80-60", "lower bound"), ("colour=red", "unknown filter"),
+                         ("sex=x", "female or male"), ("has=mri", "has filter"),
+                         ("label", "NAME=VALUE")]:  # fmt: skip
+        with pytest.raises(FilterError, match=message):
+            parse_filter(bad)
