@@ -100,6 +100,7 @@ def _events(
         if len(chunk) < CHUNK:
             return
         last_id = chunk[-1].id
+        del chunk  # not held while the next chunk is read: one chunk in memory at a time
 
 
 def _write_csv(out: TextIO, events: Iterator[dict[str, Any]]) -> int:

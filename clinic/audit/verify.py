@@ -15,7 +15,7 @@ import datetime as dt
 import hmac
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
-from clinic.audit.chain import GENESIS_HASH, AuditKey, event_payload, read_head
+from clinic.audit.chain import GENESIS_HASH, HEAD_ID, AuditKey, event_payload, read_head
 from clinic.store.models import AuditChainHead, AuditEvent
 
 CHECKPOINT_TYPE = "clinic.audit.checkpoint/1"
@@ -141,12 +141,13 @@ def verify_chain(
 ) -> VerifyResult:
     """Walk every event in id order; report the first problem with the id of the event at fault."""
     head_sequence, head_hash = read_head(session)
-    legacy_max_id = int(session.scalar(select(AuditChainHead.legacy_max_id)) or 0)
+    legacy = select(AuditChainHead.legacy_max_id).where(AuditChainHead.id == HEAD_ID)
+    legacy_max_id = int(session.scalar(legacy) or 0)
     signed = [c for c in checkpoints if c.is_signed_by(key)]
     walk = _Walk(key, legacy_max_id, _by_sequence(signed, {head_sequence}))
     try:
         for row in _rows(session):
-            _check_event(session, walk, row)
+            _check_readable_event(session, walk, row)
         _check_tail(walk, head_sequence, head_hash, signed)
         _check_forged(checkpoints, signed)
     except _BrokenChainError as broken:
@@ -168,13 +169,53 @@ def _rows(session: Session) -> Iterator[Row[Any]]:
     """Every event in id order, CHUNK rows per query (keyset pagination, not OFFSET)."""
     last_id = 0
     while True:
-        chunk = session.execute(
-            select(*_COLUMNS).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(CHUNK)
-        ).all()
+        try:
+            chunk = _fetch(session, last_id, CHUNK)
+        except _UNREADABLE:
+            last_id = yield from _one_by_one(session, last_id)
+            continue
         yield from chunk
         if len(chunk) < CHUNK:
             return
         last_id = chunk[-1].id
+        del chunk  # not held while the next chunk is read: one chunk in memory at a time
+
+
+# What SQLite's flexible typing lets an attacker store that the column types cannot read back
+# (a timestamp or JSON that does not parse); PostgreSQL refuses such values on write.
+_UNREADABLE = (ValueError, TypeError, OverflowError)
+
+
+def _fetch(session: Session, after_id: int, limit: int) -> list[Row[Any]]:
+    statement = select(*_COLUMNS).where(AuditEvent.id > after_id).order_by(AuditEvent.id)
+    return list(session.execute(statement.limit(limit)).all())
+
+
+def _one_by_one(session: Session, after_id: int) -> Generator[Row[Any], None, int]:
+    """The chunk after ``after_id`` row by row, to name the event that cannot be read."""
+    ids = session.scalars(
+        select(AuditEvent.id).where(AuditEvent.id > after_id).order_by(AuditEvent.id).limit(CHUNK)
+    ).all()
+    for event_id in ids:
+        try:
+            (row,) = _fetch(session, event_id - 1, 1)
+        except _UNREADABLE as error:
+            raise _BrokenChainError(
+                f"event {event_id} holds a value its column cannot read ({error}): edited",
+                event_id,
+            ) from error
+        yield row
+    return ids[-1] if ids else after_id
+
+
+def _check_readable_event(session: Session, walk: _Walk, row: Row[Any]) -> None:
+    """:func:`_check_event`, reporting values of the wrong type as a finding, not a crash."""
+    try:
+        _check_event(session, walk, row)
+    except _UNREADABLE as error:
+        raise _BrokenChainError(
+            f"event {row.id} holds values that cannot be checked ({error}): edited", row.id
+        ) from error
 
 
 def _check_event(session: Session, walk: _Walk, row: Row[Any]) -> None:

@@ -28,6 +28,7 @@ MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything; this only bounds the work per attempt
 USERNAME_PATTERN = re.compile(r"[a-z][a-z0-9._-]{1,63}")
 BOOTSTRAP = Principal("bootstrap", Role.SYSTEM)
+ANONYMOUS, NO_ROLE = "anonymous", "none"  # who asks without signing in or as an unknown user
 # Replaced by tests with cheaper parameters; argon2-cffi's defaults are RFC 9106's low-memory
 # profile (argon2id, t=3, m=64 MiB, p=4).
 HASHER = PasswordHasher()
@@ -42,10 +43,12 @@ class AuthenticationError(PermissionError):
 
 
 def hash_password(password: str) -> str:
+    """An argon2id hash (with its own salt and parameters) of ``password``."""
     return HASHER.hash(password)
 
 
 def verify_password(stored: str, password: str) -> bool:
+    """Whether ``password`` matches ``stored``; a malformed hash simply does not match."""
     try:
         return HASHER.verify(stored, password)
     except (VerificationError, InvalidHashError):
@@ -114,18 +117,20 @@ def create_user(
 ) -> User:
     """Create a user. ``by=None`` only bootstraps an empty store, with an admin.
 
-    The chain lock is taken first so that two bootstraps racing on an empty store cannot both
-    see it empty.
+    The password is hashed (slow on purpose) before the chain lock is taken; emptiness is checked
+    again under the lock so that two bootstraps racing on an empty store cannot both succeed.
     """
     role = _role(role)
-    lock_head(session)
-    bootstrap = _count(session) == 0
     if by is None:
-        _require_bootstrap(session, key, username, bootstrap)
+        _require_empty(session, key, username)
     else:
         authorize(session, key, by, Permission.USER_MANAGE, "user.create", "user", username)
     _validate(username, role, password)
-    if bootstrap and role is not Role.ADMIN:
+    password_hash = hash_password(password)
+    lock_head(session)
+    if by is None:
+        _require_empty(session, key, username)
+    if role is not Role.ADMIN and _count(session) == 0:
         raise UserError("the first user of a store must be an admin (--role admin)")
     if _find(session, username) is not None:
         raise UserError(f"user {username!r} already exists")
@@ -133,7 +138,7 @@ def create_user(
     user = User(
         username=username,
         role=role.value,
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         active=True,
         created_by=actor.username,
     )
@@ -142,30 +147,29 @@ def create_user(
     details = {
         "username": username,
         "role": role.value,
-        "bootstrap": bootstrap,
+        "bootstrap": by is None,
         "os_user": _os_user(),
     }
     record(session, key, actor, "user.create", "user", username, details=details)
     return user
 
 
-def _require_bootstrap(session: Session, key: AuditKey, username: str, empty: bool) -> None:
+def _require_empty(session: Session, key: AuditKey, username: str) -> None:
     """Creating a user without a principal is allowed only while the store has no user."""
-    if empty:
+    if _count(session) == 0:
         return
-    anonymous = Principal("anonymous", Role.SYSTEM)
     append_event(
         session,
         key,
-        actor=anonymous.username,
-        role="none",
+        actor=ANONYMOUS,
+        role=NO_ROLE,
         action="user.create",
         resource_type="user",
         resource_id=username,
         outcome="denied",
         details={"permission": Permission.USER_MANAGE.value},
     )
-    raise AccessDenied(anonymous.username, "none", Permission.USER_MANAGE)
+    raise AccessDenied(ANONYMOUS, NO_ROLE, Permission.USER_MANAGE)
 
 
 def _os_user() -> str:
@@ -185,7 +189,7 @@ def authenticate(session: Session, key: AuditKey, username: str, password: str) 
     matches = verify_password(stored, password)
     if user is None or not matches:
         reason = "unknown user" if user is None else "wrong password"
-        role = user.role if user is not None else "none"
+        role = user.role if user is not None else NO_ROLE
         _login_failed(session, key, username[:128], role, reason)
         raise AuthenticationError(
             f"sign-in failed for {username!r}: unknown user or wrong password"
@@ -226,8 +230,8 @@ def set_active(
         admins = _count(session, User.role == Role.ADMIN.value, User.active.is_(True))
         if admins <= 1:
             raise UserError(f"refusing to disable {username!r}: it is the last active admin")
-    user.active = active
-    record(session, key, by, action, "user", username, details={"was_active": not active})
+    was_active, user.active = user.active, active
+    record(session, key, by, action, "user", username, details={"was_active": was_active})
 
 
 def set_password(
@@ -238,7 +242,7 @@ def set_password(
         authorize(session, key, by, Permission.USER_MANAGE, "user.passwd", "user", username)
     user = _existing(session, username)
     _validate_password(password)
-    user.password_hash = hash_password(password)
+    user.password_hash = hash_password(password)  # before the chain lock that record() takes
     record(
         session, key, by, "user.passwd", "user", username, details={"self": by.username == username}
     )

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from clinic.audit.chain import AuditKey, authorize, record
 from clinic.audit.export import ExportFormat, export_events
 from clinic.audit.verify import (
+    CHECKPOINT_FILE,
     Checkpoint,
     VerifyResult,
     append_checkpoint,
@@ -74,6 +75,53 @@ class Acting:
     key: AuditKey
     principal: Principal | None
 
+    def allow(
+        self,
+        permission: Permission,
+        action: str,
+        resource_type: str,
+        resource_id: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> Principal:
+        """The signed-in principal, once it is known to hold ``permission`` (else audited)."""
+        principal = self.signed_in()
+        authorize(
+            self.session,
+            self.key,
+            principal,
+            permission,
+            action,
+            resource_type,
+            resource_id,
+            details=details,
+        )
+        return principal
+
+    def signed_in(self) -> Principal:
+        assert self.principal is not None, "only `user add` may run without a sign-in"
+        return self.principal
+
+    def record(
+        self,
+        action: str,
+        resource_type: str,
+        resource_id: str | None = None,
+        *,
+        outcome: str = "success",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        record(
+            self.session,
+            self.key,
+            self.signed_in(),
+            action,
+            resource_type,
+            resource_id,
+            outcome=outcome,
+            details=details,
+        )
+
 
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
@@ -112,11 +160,6 @@ def _sign_in(
     if bootstrap and not session.scalar(select(func.count()).select_from(User)):
         return None
     return resolve_principal(settings, session, key)
-
-
-def _principal(context: Acting) -> Principal:
-    assert context.principal is not None, "only `user add` may run without a sign-in"
-    return context.principal
 
 
 def _read_password(from_stdin: bool, *, confirm: bool) -> str:
@@ -163,26 +206,11 @@ def _register_audit(audit_app: typer.Typer, load_settings: Callable[[], Settings
     ) -> None:
         """Check every event's keyed hash and link, the head row and the checkpoints."""
         with acting(load_settings) as context:
-            principal = _principal(context)
-            authorize(
-                context.session,
-                context.key,
-                principal,
-                Permission.AUDIT_READ,
-                "audit.verify",
-                "audit_chain",
-            )
+            context.allow(Permission.AUDIT_READ, "audit.verify", "audit_chain")
             checkpoints = _checkpoints(context.settings, checkpoint or [])
             result = verify_chain(context.session, context.key, checkpoints)
-            record(
-                context.session,
-                context.key,
-                principal,
-                "audit.verify",
-                "audit_chain",
-                outcome="success" if result.ok else "failure",
-                details=result.to_json(),
-            )
+            outcome = "success" if result.ok else "failure"
+            context.record("audit.verify", "audit_chain", outcome=outcome, details=result.to_json())
         _print_verification(result, as_json)
         if not result.ok:
             raise typer.Exit(EXIT_UNVERIFIED)
@@ -193,24 +221,10 @@ def _register_audit(audit_app: typer.Typer, load_settings: Callable[[], Settings
     ) -> None:
         """Sign the chain's current head and keep it outside the database (CLINIC_HOME/audit)."""
         with acting(load_settings) as context:
-            principal = _principal(context)
-            authorize(
-                context.session,
-                context.key,
-                principal,
-                Permission.AUDIT_READ,
-                "audit.checkpoint",
-                "audit_chain",
-            )
+            context.allow(Permission.AUDIT_READ, "audit.checkpoint", "audit_chain")
             made = make_checkpoint(context.session, context.key)
-            record(
-                context.session,
-                context.key,
-                principal,
-                "audit.checkpoint",
-                "audit_chain",
-                str(made.sequence),
-                details=made.to_json(),
+            context.record(
+                "audit.checkpoint", "audit_chain", str(made.sequence), details=made.to_json()
             )
         # Written after the commit: a checkpoint never names a sequence that was rolled back.
         paths = [save_checkpoint(context.settings.audit_dir, made)]
@@ -236,45 +250,31 @@ def _register_audit(audit_app: typer.Typer, load_settings: Callable[[], Settings
             raise typer.BadParameter("must be csv, json or fhir", param_hint="--format")
         start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
         with acting(load_settings) as context:
-            principal = _principal(context)
-            filters = {
+            filters: dict[str, Any] = {
                 "format": fmt,
                 "since": since,
                 "until": until,
                 "action": action,
                 "out": str(out) if out else None,
             }
-            authorize(
-                context.session,
-                context.key,
-                principal,
-                Permission.AUDIT_EXPORT,
-                "audit.export",
-                "audit_chain",
-                details=filters,
-            )
+            context.allow(Permission.AUDIT_EXPORT, "audit.export", "audit_chain", details=filters)
             count = _export(context.session, out, cast(ExportFormat, fmt), start, end, action)
-            record(
-                context.session,
-                context.key,
-                principal,
-                "audit.export",
-                "audit_chain",
-                details={**filters, "events": count},
-            )
+            context.record("audit.export", "audit_chain", details={**filters, "events": count})
         typer.echo(f"exported {count} events", err=True)
 
 
 def _checkpoints(settings: Settings, given: list[Path]) -> list[Checkpoint]:
     """The checkpoints named on the command line plus those kept in CLINIC_HOME/audit."""
-    found: list[Checkpoint] = []
-    for path in [*given, settings.audit_dir]:
-        if path == settings.audit_dir and not path.is_dir():
-            continue
+    for path in given:
         if not path.exists():
             raise ValueError(f"no checkpoint file {path}")
-        found.extend(load_checkpoints(path))
-    return found
+    paths = [*given, settings.audit_dir] if settings.audit_dir.is_dir() else given
+    files = {_checkpoint_file(path): path for path in paths}  # each file read once
+    return [checkpoint for path in files.values() for checkpoint in load_checkpoints(path)]
+
+
+def _checkpoint_file(path: Path) -> Path:
+    return (path / CHECKPOINT_FILE if path.is_dir() else path).resolve()
 
 
 def _export(
@@ -317,16 +317,8 @@ def _register_users(user_app: typer.Typer, load_settings: Callable[[], Settings]
     ) -> None:
         """Create an account; the very first one (an admin) needs no sign-in."""
         with acting(load_settings, bootstrap=True) as context:
-            if context.principal is not None:  # check before asking for a password
-                authorize(
-                    context.session,
-                    context.key,
-                    context.principal,
-                    Permission.USER_MANAGE,
-                    "user.create",
-                    "user",
-                    name,
-                )
+            if context.principal is not None:  # refuse before asking for a password
+                context.allow(Permission.USER_MANAGE, "user.create", "user", name)
             password = _read_password(password_stdin, confirm=True)
             principal = context.principal
             create_user(context.session, context.key, name, Role(role), password, by=principal)
@@ -336,24 +328,14 @@ def _register_users(user_app: typer.Typer, load_settings: Callable[[], Settings]
     def list_command(as_json: JsonOption = False) -> None:
         """Accounts, their roles and whether they are active (no password hashes)."""
         with acting(load_settings) as context:
-            principal = _principal(context)
-            authorize(
-                context.session, context.key, principal, Permission.USER_MANAGE, "user.list", "user"
-            )
+            principal = context.allow(Permission.USER_MANAGE, "user.list", "user")
             users = list_users(context.session, by=principal)
-            record(
-                context.session,
-                context.key,
-                principal,
-                "user.list",
-                "user",
-                details={"count": len(users)},
-            )
+            context.record("user.list", "user", details={"count": len(users)})
         _print_users(users, as_json)
 
     def toggle(name: str, active: bool) -> None:
         with acting(load_settings) as context:
-            set_active(context.session, context.key, name, active, by=_principal(context))
+            set_active(context.session, context.key, name, active, by=context.signed_in())
         typer.echo(f"user {name} {'enabled' if active else 'disabled'}")
 
     @user_app.command("disable")
@@ -373,17 +355,9 @@ def _register_users(user_app: typer.Typer, load_settings: Callable[[], Settings]
     ) -> None:
         """Set a new password (an admin for anyone, a user for themself)."""
         with acting(load_settings) as context:
-            principal = _principal(context)
-            if principal.username != name:
-                authorize(
-                    context.session,
-                    context.key,
-                    principal,
-                    Permission.USER_MANAGE,
-                    "user.passwd",
-                    "user",
-                    name,
-                )
+            principal = context.signed_in()
+            if principal.username != name:  # refuse before asking for a password
+                context.allow(Permission.USER_MANAGE, "user.passwd", "user", name)
             password = _read_password(password_stdin, confirm=True)
             set_password(context.session, context.key, name, password, by=principal)
         typer.echo(f"password of {name} changed")

@@ -31,13 +31,12 @@ class VectorColumn(TypeDecorator[npt.NDArray[np.float32]]):
             return None
         array = np.asarray(value, dtype=np.float32).reshape(-1)
         if dialect.name == "postgresql":
-            return VECTOR().bind_processor(dialect)(array)
+            return array  # pgvector's own bind processor (the dialect impl) encodes it
         return array.astype("<f4").tobytes()
 
     def process_result_value(self, value: Any, dialect: Dialect) -> npt.NDArray[np.float32] | None:
         if value is None:
             return None
         if dialect.name == "postgresql":
-            parsed = VECTOR().result_processor(dialect, None)(value)
-            return np.asarray(parsed, dtype=np.float32)
+            return np.asarray(value, dtype=np.float32)  # already parsed by pgvector
         return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from clinic.audit import verify
 from clinic.audit.chain import AuditKey
@@ -30,6 +30,7 @@ from tests.audit.helpers import (
     append_events,
     content,
     delete_events,
+    disable_append_only,
     edit,
     head,
     insert_forged,
@@ -87,6 +88,31 @@ def test_an_edited_event_is_named(store: Store, ids: list[int], field: str) -> N
     result = check(store)
     assert not result.ok and result.first_bad == ids[2], result
     assert "edited" in (result.problem or "") and result.events == 2
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("occurred_at", "not a time"),
+        ("details", "{not json"),
+        ("details", '{"n": NaN}'),
+        ("sequence", "three"),
+    ],
+)
+def test_values_a_column_cannot_hold_are_reported_not_crashed_on(
+    store: Store, ids: list[int], column: str, value: str
+) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's column types refuse such values on write")
+    disable_append_only(store)
+    with store.engine.begin() as connection:
+        connection.execute(
+            text(f"UPDATE audit_events SET {column} = :value WHERE id = :id"),
+            {"value": value, "id": ids[3]},
+        )
+    result = check(store)
+    assert (result.ok, result.first_bad, result.events) == (False, ids[3], 3), result
+    assert "edited" in (result.problem or "")
 
 
 def test_a_deleted_event_leaves_a_gap(store: Store, ids: list[int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -219,3 +220,28 @@ def test_the_cli_principal_comes_from_a_sign_in_or_the_local_operator(
             resolve_principal(settings, session, KEY, env={**env, "CLINIC_PASSWORD": "nope"})
         with pytest.raises(LoginRequiredError, match="no terminal"):
             resolve_principal(settings, session, KEY, env={"CLINIC_USER": "cleo"})
+
+
+def test_two_racing_bootstraps_make_exactly_one_admin(store: Store) -> None:
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def bootstrap(name: str) -> None:
+        with store.session() as session:
+            start.wait()
+            try:
+                create_user(session, KEY, name, Role.ADMIN, ADMIN_PASSWORD, by=None)
+                outcomes.append("created")
+            except AccessDenied:
+                outcomes.append("denied")
+            session.commit()
+
+    threads = [threading.Thread(target=bootstrap, args=(name,)) for name in ("ada", "bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["created", "denied"]
+    with store.session() as session:
+        assert len(list(session.scalars(select(User)))) == 1
+        assert verify_chain(session, KEY).ok

@@ -223,13 +223,15 @@ def test_a_checkpoint_catches_a_truncated_tail(
     assert made.exit_code == 0, made.output
     printed = json.loads(made.stdout)
     assert printed["sequence"] == 5 and set(printed) == {"sequence", "chain_hash", "made_at", "mac"}
-    kept = (settings.audit_dir / "checkpoints.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in kept] == [printed]
+    kept = settings.audit_dir / "checkpoints.jsonl"
+    assert [json.loads(line) for line in kept.read_text().splitlines()] == [printed]
+    again = invoke(settings, "audit", "verify", "--json", "--checkpoint", str(kept))
+    assert json.loads(again.stdout)["checkpoints"] == 1  # the kept file is read once
     with store.session() as session:
         cut_after = session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()
     delete_events(store, *cut_after[3:])  # events 4, 5 and the checkpoint's own audit event
     set_head(store, 3, content(store, ids[2])["chain_hash"])
-    (settings.audit_dir / "checkpoints.jsonl").unlink()
+    kept.unlink()
     assert invoke(settings, "audit", "verify").exit_code == 0  # the attacker's view
     offsite = invoke(
         settings, "audit", "verify", "--json", "--checkpoint", str(tmp_path / "offsite.jsonl")

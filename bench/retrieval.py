@@ -1,0 +1,260 @@
+"""Similar-case search: our EmbeddedIndex against exact numpy and FAISS HNSW, in the same run.
+
+For each size, ``n`` unit vectors of dimension ``--dim`` (random by default: no structure, the
+hard case for graph indexes; ``--data clustered`` draws them around ``n / 100`` centres, closer
+to real embeddings) and ``--queries`` unit query vectors drawn the same way but not stored.
+Each backend reports its build time, p50 / p99 single-query latency (one query per call, as a
+request does) and recall@10 against exact search:
+
+* ``exact``: one float32 matrix-vector product and a partial sort (numpy);
+* ``faiss_hnsw``: ``faiss.IndexHNSWFlat`` (inner product) with our M and efConstruction, and
+  ``efSearch`` tuned *on these queries* to the smallest power-of-two-ish value reaching recall@10
+  ≥ ``--target`` (an oracle tuning our index cannot do);
+* ``ours``: :class:`clinic.retrieval.index.EmbeddedIndex` with its own policy (exact below its
+  threshold, HNSW with a size-dependent ``ef`` above), build = ``add`` of all rows.
+
+Builds and BLAS use ``--threads`` threads (default 2); queries run one at a time.
+
+    .venv/bin/python -m bench.retrieval [--sizes 10000,100000,1000000] [--queries 200] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+from clinic.retrieval import index as index_module
+from clinic.retrieval.index import EmbeddedIndex
+
+FloatArray = npt.NDArray[np.float32]
+LabelArray = npt.NDArray[np.int64]
+Search = Callable[[FloatArray], LabelArray]
+
+K = 10
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+EF_GRID = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def unit(rows: FloatArray) -> FloatArray:
+    normalised: FloatArray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return normalised
+
+
+def dataset(n: int, queries: int, dim: int, kind: str, seed: int) -> tuple[FloatArray, FloatArray]:
+    """(stored, queries), both unit rows; ``clustered`` shares centres between the two."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return unit(rng.standard_normal((n, dim), np.float32)), unit(
+            rng.standard_normal((queries, dim), np.float32)
+        )
+    centres = rng.standard_normal((max(n // 100, 1), dim), np.float32)
+
+    def around(count: int) -> FloatArray:
+        picked = centres[rng.integers(0, len(centres), count)]
+        return unit(picked + 0.35 * rng.standard_normal((count, dim), np.float32))
+
+    return around(n), around(queries)
+
+
+def exact_top(vectors: FloatArray, queries: FloatArray, k: int) -> LabelArray:
+    """Ground truth: exact top-k labels of each query, in chunks of bounded memory."""
+    truth = np.empty((len(queries), k), np.int64)
+    chunk = max(1, 50_000_000 // len(vectors))
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ vectors.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+        truth[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+    return truth
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def recall_at_k(found: LabelArray, truth: LabelArray) -> float:
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
+    return float(np.sum(hits) / truth.size)
+
+
+def single_queries(search: Search, queries: FloatArray) -> tuple[LabelArray, list[float]]:
+    """Answers and per-call latency, one query per call (after one warm-up call)."""
+    search(queries[0])
+    answers, seconds = [], []
+    for query in queries:
+        start = time.perf_counter()
+        found = search(query)
+        seconds.append(time.perf_counter() - start)
+        answers.append(np.pad(found, (0, K - len(found)), constant_values=-1))
+    return np.stack(answers), seconds
+
+
+def figures(build_s: float, seconds: list[float], recall: float) -> dict[str, Any]:
+    return {
+        "build_s": round(build_s, 2),
+        "p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 3),
+        "recall_at_10": round(recall, 4),
+    }
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def bench_exact(vectors: FloatArray, queries: FloatArray, truth: LabelArray) -> dict[str, Any]:
+    start = time.perf_counter()
+    matrix = np.ascontiguousarray(vectors)  # the "build": one contiguous float32 matrix
+    build_s = time.perf_counter() - start
+
+    def search(query: FloatArray) -> LabelArray:
+        scores = matrix @ query
+        part = np.argpartition(-scores, K - 1)[:K]
+        return part[np.argsort(-scores[part])].astype(np.int64)
+
+    found, seconds = single_queries(search, queries)
+    return figures(build_s, seconds, recall_at_k(found, truth))
+
+
+def tuned_ef(index: Any, queries: FloatArray, truth: LabelArray, target: float) -> int:
+    """Smallest ``efSearch`` on the grid whose batched recall@10 reaches ``target``."""
+    for ef in EF_GRID:
+        index.hnsw.efSearch = ef
+        _, found = index.search(queries, K)
+        if recall_at_k(found, truth) >= target:
+            return ef
+    return EF_GRID[-1]
+
+
+def bench_faiss_hnsw(
+    vectors: FloatArray, queries: FloatArray, truth: LabelArray, target: float
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    index = faiss.IndexHNSWFlat(vectors.shape[1], index_module.HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = index_module.HNSW_EF_CONSTRUCTION
+    index.add(vectors)
+    build_s = time.perf_counter() - start
+    index.hnsw.efSearch = ef = tuned_ef(index, queries, truth, target)
+
+    def search(query: FloatArray) -> LabelArray:
+        return index.search(query[None, :], K)[1][0]
+
+    found, seconds = single_queries(search, queries)
+    return {**figures(build_s, seconds, recall_at_k(found, truth)), "ef_search": ef}
+
+
+def bench_ours(
+    vectors: FloatArray, queries: FloatArray, truth: LabelArray, folder: Path
+) -> dict[str, Any]:
+    keys = np.arange(len(vectors), dtype=np.int64)  # key = row, so answers compare to truth
+    index = EmbeddedIndex.open(folder, dim=vectors.shape[1])
+    start = time.perf_counter()
+    index.add(keys, vectors)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    index.save()
+    save_s = time.perf_counter() - start
+
+    def search(query: FloatArray) -> LabelArray:
+        return np.array([hit.key for hit in index.search(query, K)], np.int64)
+
+    found, seconds = single_queries(search, queries)
+    index.close()
+    backend = "hnsw" if index.uses_graph else "exact"
+    ef = index_module.ef_search_for(len(vectors)) if index.uses_graph else None
+    result = figures(build_s, seconds, recall_at_k(found, truth))
+    return {**result, "save_s": round(save_s, 2), "backend": backend, "ef_search": ef}
+
+
+def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    vectors, queries = dataset(n, args.queries, args.dim, args.data, seed=n)
+    truth = exact_top(vectors, queries, K)
+    return {
+        "n": n,
+        "exact": bench_exact(vectors, queries, truth),
+        "faiss_hnsw": bench_faiss_hnsw(vectors, queries, truth, args.target),
+        "ours": bench_ours(vectors, queries, truth, work / f"ours-{n}"),
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        f"dim {results['dim']}, {results['data']} vectors, {results['queries']} queries, "
+        f"{results['threads']} threads for builds and BLAS, one query per call"
+    )
+    print(
+        f"{'n':>9} {'backend':12} {'build s':>9} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'recall@10':>9}  notes"
+    )
+    for size in results["sizes"]:
+        for name in ("exact", "faiss_hnsw", "ours"):
+            r = size[name]
+            notes = []
+            if r.get("backend"):
+                notes.append(f"backend={r['backend']}")
+            if r.get("ef_search"):
+                notes.append(f"ef={r['ef_search']}")
+            if "save_s" in r:
+                notes.append(f"save {r['save_s']} s")
+            print(
+                f"{size['n']:>9} {name:12} {r['build_s']:>9.2f} {r['p50_ms']:>9.3f} "
+                f"{r['p99_ms']:>9.3f} {r['recall_at_10']:>9.3f}  {', '.join(notes)}"
+            )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=list(DEFAULT_SIZES),
+        help="comma-separated numbers of stored vectors",
+    )
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--data", choices=("random", "clustered"), default="random")
+    parser.add_argument("--target", type=float, default=0.95, help="recall@10 FAISS is tuned to")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    faiss.omp_set_num_threads(args.threads)
+    results: dict[str, Any] = {
+        "dim": args.dim,
+        "data": args.data,
+        "queries": args.queries,
+        "threads": args.threads,
+        "sizes": [],
+    }
+    with (
+        threadpool_limits(limits=args.threads, user_api="blas"),
+        tempfile.TemporaryDirectory(prefix="clinic-bench-") as folder,
+    ):
+        for n in args.sizes:
+            results["sizes"].append(bench_size(n, args, Path(folder)))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
