@@ -99,4 +99,5 @@ def _top_case(predictions_csv: Path) -> str:
 
     frame = pd.read_csv(predictions_csv)
     columns = [c for c in frame.columns if c.startswith("p:")]
-    return str(frame.loc[frame[columns].max(axis=1).idxmax(), "case_id"])
+    best = int(frame[columns].max(axis=1).to_numpy().argmax())
+    return str(frame["case_id"].iloc[best])

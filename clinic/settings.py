@@ -54,7 +54,9 @@ class Settings:
     @property
     def pseudonym_key(self) -> bytes:
         """The validated key; raises :class:`SettingsError` when unsafe for this mode."""
-        return _secret(self.raw_pseudonym_key, self.mode, "CLINIC_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY)
+        return _secret(
+            self.raw_pseudonym_key, self.mode, "CLINIC_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY
+        )
 
     @property
     def audit_key(self) -> bytes:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from clinic.audit.chain import AuditKey, append_event
 from clinic.cli.admin_commands import register as register_admin_commands
 from clinic.cli.model_commands import evaluate_command_factory
 from clinic.cli.model_commands import register as register_model_commands
@@ -28,6 +29,7 @@ from clinic.ingest.engine import IngestOptions, IngestSummary, ingest
 from clinic.ingest.errors import IngestError
 from clinic.ingest.importers import IMPORTERS
 from clinic.ingest.types import IngestItem
+from clinic.ingest.writer import current_actor
 from clinic.settings import RunMode, Settings, SettingsError
 from clinic.store.queries import cohort_sizes, quarantine_counts, quarantine_entries, table_counts
 from clinic.store.store import Store
@@ -211,9 +213,16 @@ def quarantine_list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List refused inputs: path, sha256, reason code and message."""
-    store = Store.open(load_settings())
+    settings = load_settings()
+    store = Store.open(settings)
     with store.session() as session:
         entries = quarantine_entries(session, reason)
+        append_event(
+            session, AuditKey.from_settings(settings), actor=current_actor(), role="system",
+            action="quarantine.read", resource_type="quarantine", resource_id=reason,
+            details={"entries": len(entries)},
+        )  # fmt: skip
+        session.commit()
     store.close()
     if as_json:
         print_json([entry.as_json() for entry in entries])

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from clinic.audit.chain import AuditKey, record
-from clinic.auth.roles import Permission, Principal, require
+from clinic.auth.guard import guard
+from clinic.auth.roles import Permission, Principal
 from clinic.data.cases import Case, load_cases
 from clinic.inference.lineage import lineage_hash, prediction_lineage
 from clinic.inference.loaded import LoadedModel
@@ -52,11 +53,19 @@ class CohortScoreSummary:
         return asdict(self)
 
 
-class Progress:
+class Progress(Protocol):
     """Progress sink: the CLI draws a bar, tests ignore it."""
 
     def start(self, total: int) -> None: ...
     def advance(self, amount: int) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
 
 
 def score_cohort(
@@ -66,7 +75,7 @@ def score_cohort(
     progress: Progress | None = None,
 ) -> CohortScoreSummary:
     """Score every case of ``request.cohort`` not yet scored with this model's lineage."""
-    require(principal, Permission.COHORT_SCORE)
+    guard(store, principal, Permission.COHORT_SCORE, "cohort.score", "cohort", request.cohort)
     key = AuditKey.from_settings(store.settings)
     loaded = loaded_model(store.settings.home, request.model, request.adapter, request.device)
     with store.session() as session:
@@ -75,7 +84,7 @@ def score_cohort(
         todo = _unscored(session, loaded, cases, ids)
         run = _start_run(session, key, principal, loaded, request, len(cases))
     summary = CohortScoreSummary(run.id, len(cases), already_scored=len(cases) - len(todo))
-    sink = progress or Progress()
+    sink = progress or _Silent()
     sink.start(len(todo))
     options = ScoringOptions(request.batch_size, request.mc_samples, request.workers)
     results = score_cases(loaded, todo, store, options, sink.advance)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from clinic.audit.chain import AuditKey, record
-from clinic.auth.roles import Permission, Principal, require
+from clinic.auth.guard import guard
+from clinic.auth.roles import Permission, Principal
 from clinic.data.cases import Case, load_cases
 from clinic.data.dataset import make_collate
 from clinic.inference.explain import encode_artifact, explain_case
@@ -89,7 +90,7 @@ def predict(
     read); explanations are computed for the most probable findings when the caller may view
     case content.
     """
-    require(principal, Permission.PREDICT)
+    guard(store, principal, Permission.PREDICT, "prediction.create", "case", request.case_id)
     key = AuditKey.from_settings(store.settings)
     loaded = loaded_model(store.settings.home, request.model, request.adapter, device)
     case = load_case(store, request.case_id)
@@ -155,7 +156,7 @@ def case_predictions(store: Store, principal: Principal, case_id: str) -> list[d
     """Every stored prediction of a case, newest first (audited as a read)."""
     from sqlalchemy import select
 
-    require(principal, Permission.PREDICTION_READ)
+    guard(store, principal, Permission.PREDICTION_READ, "prediction.read", "case", case_id)
     key = AuditKey.from_settings(store.settings)
     with store.session() as session:
         found = encounter_ids(session, [case_id])

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clinic.audit.chain import AuditKey, record
-from clinic.auth.roles import Permission, Principal, require
+from clinic.auth.guard import guard
+from clinic.auth.roles import Permission, Principal
 from clinic.data.cases import load_cases
 from clinic.reports.cohort_report import CohortReportFiles, write_cohort_report
 from clinic.store.models import ClinicalRecord, Cohort, CohortRun, Encounter, Prediction
@@ -39,7 +40,7 @@ class CohortReportRequest:
 def cohort_report(
     store: Store, principal: Principal, request: CohortReportRequest
 ) -> CohortReportFiles:
-    require(principal, Permission.COHORT_REPORT)
+    guard(store, principal, Permission.COHORT_REPORT, "cohort.report", "cohort", request.cohort)
     with store.session() as session:
         run = latest_run(session, request.cohort, request.model)
         frame, labels, model = cohort_frame(session, request.cohort, run)

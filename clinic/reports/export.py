@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from clinic.audit.chain import AuditKey, record
-from clinic.auth.roles import Permission, Principal, require
+from clinic.auth.guard import guard
+from clinic.auth.roles import Permission, Principal
 from clinic.inference.service import case_predictions
 from clinic.reports.fhir import prediction_bundle
 from clinic.store.store import Store
@@ -17,7 +18,7 @@ class NoPredictionError(LookupError):
 
 def export_fhir(store: Store, principal: Principal, case_id: str) -> dict[str, Any]:
     """The case's newest prediction as a FHIR R4 Bundle (DiagnosticReport + Observations)."""
-    require(principal, Permission.EXPORT_FHIR)
+    guard(store, principal, Permission.EXPORT_FHIR, "export.fhir", "case", case_id)
     predictions = case_predictions(store, principal, case_id)
     if not predictions:
         raise NoPredictionError(f"case {case_id} has no prediction: run `clinic predict` first")

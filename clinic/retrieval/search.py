@@ -23,7 +23,8 @@ import torch
 from sqlalchemy import select
 
 from clinic.audit.chain import AuditKey, record
-from clinic.auth.roles import Permission, Principal, require
+from clinic.auth.guard import guard
+from clinic.auth.roles import Permission, Principal
 from clinic.inference.loaded import LoadedModel
 from clinic.inference.records import embedding_space, encounter_ids, upsert_embeddings
 from clinic.inference.scoring import NoUsableInputError, ScoringOptions, score_cases
@@ -60,7 +61,7 @@ class SimilarRequest:
 def similar(store: Store, principal: Principal, request: SimilarRequest) -> dict[str, Any]:
     """Run one search; returns ``{"query", "target", "hits": [{"case_id", "score",
     "by_modality", "labels"}, …]}`` and records it in the audit trail."""
-    require(principal, Permission.SIMILAR_SEARCH)
+    guard(store, principal, Permission.SIMILAR_SEARCH, "similar.search", "case", request.case_id)
     _check(request)
     loaded = loaded_model(store.settings.home, request.model, request.adapter, None)
     if request.text is not None:

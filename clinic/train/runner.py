@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from clinic.audit.chain import AuditKey, append_event
 from clinic.data.cases import label_matrix
 from clinic.data.dataset import CaseDataset, make_collate
 from clinic.data.splits import SplitPlan
+from clinic.ingest.writer import current_actor
 from clinic.models.calibration import fit_calibration
 from clinic.models.config import ModelConfig, load_model_config
 from clinic.models.loss import MultiModalContrastiveLoss
@@ -108,6 +110,7 @@ def pretrain(store: Store, request: TrainRequest, reporter: Reporter) -> dict[st
     weights = save_model(model, directory)
     card = _card(model, data, request, directory, {"pretrain": history}, weights)
     write_json(directory / "card.json", card)
+    audit_training(store, "model.pretrain", request, weights)
     return card
 
 
@@ -124,6 +127,7 @@ def finetune(store: Store, request: TrainRequest, reporter: Reporter) -> dict[st
     previous = _previous_history(directory)
     card = _card(model, data, request, directory, {**previous, "finetune": history}, weights)
     write_json(directory / "card.json", card)
+    audit_training(store, "model.finetune", request, weights)
     return card
 
 
@@ -150,6 +154,7 @@ def _finetune_adapter(
         "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
     write_json(directory / "card.json", card)
+    audit_training(store, "model.adapter", request, manifest["head_sha256"])
     return card
 
 
@@ -187,7 +192,19 @@ def calibrate(store: Store, request: TrainRequest, reporter: Reporter) -> dict[s
         "min_auroc": request.min_auroc,
     }
     write_json(directory / "card.json", card)
+    audit_training(store, "model.calibrate", request, calibration_hash)
     return card
+
+
+def audit_training(store: Store, action: str, request: TrainRequest, artifact: str) -> None:
+    """Training reads every case of a cohort: one audit event per finished stage."""
+    with store.session() as session:
+        append_event(
+            session, AuditKey.from_settings(store.settings), actor=current_actor(),
+            role="system", action=action, resource_type="model", resource_id=request.model_name,
+            details={"cohort": request.cohort, "adapter": request.adapter, "sha256": artifact},
+        )  # fmt: skip
+        session.commit()
 
 
 def feature_cache_dir(home: Path) -> Path:
