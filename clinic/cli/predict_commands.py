@@ -40,8 +40,12 @@ def acting(load_settings: LoadSettings) -> Iterator[tuple[Store, Any]]:
     try:
         with _clear_errors():
             with store.session() as session:
-                principal = resolve_principal(settings, session, AuditKey.from_settings(settings))
-                session.commit()
+                try:
+                    principal = resolve_principal(
+                        settings, session, AuditKey.from_settings(settings)
+                    )
+                finally:
+                    session.commit()  # a failed sign-in's audit event is kept
             yield store, principal
     finally:
         store.close()
@@ -170,12 +174,16 @@ def _similar_command(load_settings: LoadSettings) -> Callable[..., None]:
         if as_json:
             print_json(result)
             return
+        from rich.markup import escape
+
         human = consoles(False)[0]
         human.print(f"query {result['query']!r} → {result['target']} ({len(result['hits'])} hits)")
         for hit in result["hits"]:
             parts = ", ".join(f"{m} {v:.2f}" for m, v in hit["by_modality"].items())
             labels = ",".join(hit["labels"]) or "-"
-            human.print(f"  {hit['case_id']}  {hit['score']:.3f}  [{parts}]  labels: {labels}")
+            human.print(
+                escape(f"  {hit['case_id']}  {hit['score']:.3f}  [{parts}]  labels: {labels}")
+            )
 
     return similar_command
 

