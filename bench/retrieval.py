@@ -148,7 +148,8 @@ def bench_faiss_hnsw(
     index.hnsw.efSearch = ef = tuned_ef(index, queries, truth, target)
 
     def search(query: FloatArray) -> LabelArray:
-        return index.search(query[None, :], K)[1][0]
+        labels: LabelArray = index.search(query[None, :], K)[1][0]
+        return labels
 
     found, seconds = single_queries(search, queries)
     return {**figures(build_s, seconds, recall_at_k(found, truth)), "ef_search": ef}
@@ -172,9 +173,8 @@ def bench_ours(
     found, seconds = single_queries(search, queries)
     index.close()
     backend = "hnsw" if index.uses_graph else "exact"
-    ef = index_module.ef_search_for(len(vectors)) if index.uses_graph else None
     result = figures(build_s, seconds, recall_at_k(found, truth))
-    return {**result, "save_s": round(save_s, 2), "backend": backend, "ef_search": ef}
+    return {**result, "save_s": round(save_s, 2), "backend": backend, "ef_search": index.ef_search}
 
 
 def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -235,6 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    threads_before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(args.threads)
     results: dict[str, Any] = {
         "dim": args.dim,
@@ -247,8 +248,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         threadpool_limits(limits=args.threads, user_api="blas"),
         tempfile.TemporaryDirectory(prefix="clinic-bench-") as folder,
     ):
-        for n in args.sizes:
-            results["sizes"].append(bench_size(n, args, Path(folder)))
+        try:
+            for n in args.sizes:
+                results["sizes"].append(bench_size(n, args, Path(folder)))
+        finally:
+            faiss.omp_set_num_threads(threads_before)
     if args.json:
         print(json.dumps(results))
     else:

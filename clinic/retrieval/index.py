@@ -71,14 +71,15 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 FORMAT_VERSION = 1
 
-GRAPH_MIN_ROWS = 40_000  # live rows from which the HNSW graph answers (exact below)
+GRAPH_MIN_ROWS = 50_000  # live rows from which the HNSW graph answers (exact below)
 GRAPH_DROP_ROWS = GRAPH_MIN_ROWS // 2  # hysteresis: below this, the graph is dropped again
 FILTER_EXACT_MAX_ROWS = GRAPH_MIN_ROWS  # allowed ∩ stored up to this: exact over those rows
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
-EF_SEARCH_AT_100K = 1024  # recall@10 >= 0.95 on 100k random unit vectors of dim 256
-EF_SEARCH_GROWTH = 0.5  # ef grows as (rows / 100k) ** this (fitted at 10k, 100k and 1M)
-MIN_EF_SEARCH = 64
+CALIBRATION_QUERIES = 256  # live rows held out of a graph build to measure recall with
+CALIBRATION_RECALL = 0.96  # recall@10 the calibrated ef must reach on them (0.95 + margin)
+EF_SEARCH_GROWTH = 0.75  # after calibration, ef grows as (rows / calibrated rows) ** this
+MIN_EF_SEARCH = 32
 MAX_EF_SEARCH = 16_384
 REBUILD_DEAD_FRACTION = 0.25
 _EXACT_CHUNK_CELLS = 16_000_000  # queries × rows of scores held at once (64 MB of float32)
@@ -106,12 +107,6 @@ class StaleIndexError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def ef_search_for(rows: int) -> int:
-    """``ef`` for an unfiltered graph search over ``rows`` vectors (see the module docstring)."""
-    scaled = EF_SEARCH_AT_100K * (max(rows, 1) / 100_000) ** EF_SEARCH_GROWTH
-    return int(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, math.ceil(scaled))))
 
 
 def normalise_rows(vectors: npt.ArrayLike, dim: int) -> FloatArray:
@@ -227,11 +222,22 @@ class _Rows:
         self.live -= len(labels)
         self._invalidate()
 
-    def compacted(self) -> _Rows:
-        """A copy holding only the live rows, relabelled 0..live-1 in their current order."""
-        keep = self.alive
+    def compacted(self, tail: int = 0) -> _Rows:
+        """A copy holding only the live rows, relabelled 0..live-1.
+
+        ``tail`` live rows, drawn at random (seeded, so a rebuild is reproducible), are moved to
+        the end: a graph build holds them out to calibrate ``ef`` with (see :meth:`_Graph.build`).
+        """
+        labels = np.flatnonzero(self.alive)
+        if tail:
+            held = np.zeros(len(labels), np.bool_)
+            held[np.random.default_rng(len(labels)).choice(len(labels), tail, replace=False)] = True
+            labels = np.concatenate([labels[~held], labels[held]])
         return _Rows(
-            self.dim, self.vectors[keep].copy(), self.keys[keep].copy(), np.ones(self.live, bool)
+            self.dim,
+            self.vectors[labels],
+            self.keys[labels],
+            np.ones(len(labels), np.bool_),
         )
 
     def _reserve(self, rows: int) -> None:
@@ -255,25 +261,68 @@ class _Rows:
 
 
 class _Graph:
-    """A FAISS ``IndexHNSWFlat`` (inner product) whose node ``i`` is row label ``i``."""
+    """A FAISS ``IndexHNSWFlat`` (inner product) whose node ``i`` is row label ``i``.
 
-    def __init__(self, index: faiss.IndexHNSWFlat) -> None:
+    ``ef_base`` is the ``ef`` measured to reach ``CALIBRATION_RECALL`` when the graph held
+    ``base_rows`` nodes; :meth:`ef_for` scales it to the current size.
+    """
+
+    def __init__(self, index: faiss.IndexHNSWFlat, ef_base: int, base_rows: int) -> None:
         self._index = index
+        self.ef_base = ef_base
+        self.base_rows = base_rows
 
     @classmethod
-    def build(cls, vectors: FloatArray) -> _Graph:
+    def build(cls, vectors: FloatArray, held_out: int) -> _Graph:
+        """Graph over ``vectors`` whose last ``held_out`` rows calibrate ``ef`` before joining.
+
+        The held-out rows are real stored cases that the graph has not seen yet, so they are
+        queries from the product's own distribution (a stored row used as its own query would be
+        found through its own links, which flatters recall).
+        """
         index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        graph = cls(index)
-        graph.add(vectors)
+        base = vectors[: len(vectors) - held_out]
+        graph = cls(index, MIN_EF_SEARCH, max(len(base), 1))
+        graph.add(base)
+        if held_out:
+            graph.ef_base = graph.calibrate(vectors[len(base) :], base)
+        graph.add(vectors[len(base) :])
         return graph
 
+    def calibrate(self, queries: FloatArray, base: FloatArray) -> int:
+        """Smallest ``ef`` (to within 1/8) with recall@10 >= ``CALIBRATION_RECALL`` on queries.
+
+        Doubling, then bisection: the passes cost about four times the final one.
+        """
+        k = min(10, len(base))
+        scores = queries @ base.T
+        truth = np.argpartition(scores, len(base) - k, axis=1)[:, len(base) - k :]
+
+        def reaches(ef: int) -> bool:
+            _, found = self.search(queries, k, ef, None)
+            overlap = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
+            return overlap >= CALIBRATION_RECALL * truth.size
+
+        low, high = 0, MIN_EF_SEARCH
+        while high < MAX_EF_SEARCH and not reaches(high):
+            low, high = high, min(2 * high, MAX_EF_SEARCH)
+        while high - low > max(8, high // 8):
+            middle = (low + high) // 2
+            low, high = (low, middle) if reaches(middle) else (middle, high)
+        return high
+
+    def ef_for(self, rows: int) -> int:
+        """``ef`` for an unfiltered search over ``rows`` nodes (grown by ``EF_SEARCH_GROWTH``)."""
+        scaled = self.ef_base * max(1.0, rows / self.base_rows) ** EF_SEARCH_GROWTH
+        return int(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, math.ceil(scaled))))
+
     @classmethod
-    def read(cls, path: Path) -> _Graph:
+    def read(cls, path: Path, ef_base: int, base_rows: int) -> _Graph:
         index = faiss.read_index(str(path))
         if not isinstance(index, faiss.IndexHNSWFlat):
             raise ValueError(f"{path} holds a {type(index).__name__}, not an HNSW graph")
-        return cls(index)
+        return cls(index, ef_base, base_rows)
 
     def write(self, path: Path) -> None:
         faiss.write_index(self._index, str(path))
@@ -341,7 +390,9 @@ def _write_generation(directory: Path, name: str, rows: _Rows, graph: _Graph | N
         "dim": rows.dim,
         "rows": rows.size,
         "live": rows.live,
-        "graph": None if graph is None else {"m": HNSW_M, "nodes": graph.nodes},
+        "graph": None
+        if graph is None
+        else {"m": HNSW_M, "ef_base": graph.ef_base, "base_rows": graph.base_rows},
     }
     _save_array(temporary / "keys.npy", rows.keys)
     _save_array(temporary / "alive.npy", rows.alive)
@@ -396,7 +447,10 @@ def _read_generation(folder: Path, dim: int) -> tuple[_Rows, _Graph | None]:
     vectors = np.load(folder / "vectors.npy", allow_pickle=False)
     if vectors.shape != (len(keys), dim) or alive.shape != keys.shape:
         raise ValueError(f"{folder}: keys, alive and vectors disagree in shape")
-    graph = _Graph.read(folder / "graph.faiss") if meta["graph"] is not None else None
+    graph = None
+    if meta["graph"] is not None:
+        ef_base, base_rows = meta["graph"]["ef_base"], meta["graph"]["base_rows"]
+        graph = _Graph.read(folder / "graph.faiss", ef_base, base_rows)
     if graph is not None and graph.nodes != len(keys):
         raise ValueError(f"{folder}: graph has {graph.nodes} nodes for {len(keys)} rows")
     return _Rows(dim, vectors, keys, alive), graph
@@ -529,6 +583,11 @@ class EmbeddedIndex:
         """Whether unfiltered searches go through the HNSW graph (else exact)."""
         return self._graph is not None
 
+    @property
+    def ef_search(self) -> int | None:
+        """The graph's current unfiltered ``ef`` (None while searches are exact)."""
+        return None if self._graph is None else self._graph.ef_for(self._rows.size)
+
     # ----------------------------------------------------------------- mutations
 
     def add(self, keys: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
@@ -565,17 +624,19 @@ class EmbeddedIndex:
         """Build, drop or rebuild the graph and compact tombstones (thresholds in the docstring)."""
         rows = self._rows
         too_dead = rows.dead > REBUILD_DEAD_FRACTION * rows.size
-        if self._graph is None:
-            if rows.live >= GRAPH_MIN_ROWS:
-                self._rows = rows.compacted()
-                self._graph = _Graph.build(self._rows.vectors)
-            elif too_dead:
-                self._rows = rows.compacted()
-        elif rows.live < GRAPH_DROP_ROWS:
+        if rows.live >= GRAPH_MIN_ROWS and (self._graph is None or too_dead):
+            self._rebuild_graph()
+        elif self._graph is not None and rows.live < GRAPH_DROP_ROWS:
             self._rows, self._graph = rows.compacted(), None
         elif too_dead:
             self._rows = rows.compacted()
-            self._graph = _Graph.build(self._rows.vectors)
+            if self._graph is not None:
+                self._rebuild_graph()
+
+    def _rebuild_graph(self) -> None:
+        held_out = min(CALIBRATION_QUERIES, self._rows.live // 10)
+        self._rows = self._rows.compacted(tail=held_out)
+        self._graph = _Graph.build(self._rows.vectors, held_out)
 
     def save(self) -> None:
         """Persist atomically as a new generation (see module docstring); no-op when unchanged."""
@@ -640,7 +701,7 @@ class EmbeddedIndex:
         if self._graph is None:
             return self._exact_all(unit, k)
         live = rows.live_bitmap() if rows.dead else None
-        ef = math.ceil(ef_search_for(rows.size) * rows.size / rows.live)  # tombstones dilute
+        ef = math.ceil(self._graph.ef_for(rows.size) * rows.size / rows.live)  # tombstones dilute
         scores, labels = self._graph.search(unit, wanted, ef, live)
         results = self._hits(scores, labels)
         for position, hits in enumerate(results):
@@ -653,7 +714,7 @@ class EmbeddedIndex:
         if wanted == 0:
             return []
         live = max(self._rows.live, 1)
-        ef = ef_search_for(live) * live / len(labels)
+        ef = (self._graph.ef_for(live) * live / len(labels)) if self._graph else 0.0
         if self._graph is None or len(labels) <= FILTER_EXACT_MAX_ROWS or ef > MAX_EF_SEARCH:
             return self._exact_subset(unit[0], k, labels)
         mask = np.zeros(self._rows.size, np.bool_)
