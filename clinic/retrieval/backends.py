@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import numpy.typing as npt
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
-from clinic.retrieval.index import EmbeddedIndex
+from clinic.retrieval.index import EmbeddedIndex, IndexLockedError, StaleIndexError
 from clinic.store.models import Embedding
 from clinic.store.store import Store
 
@@ -33,6 +35,8 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 100
 SYNC_FILE = "sync.json"
+SYNC_ATTEMPTS = 50
+_ENSURED: set[tuple[str, str]] = set()  # (database, index) known to exist, per process
 
 
 @dataclass(frozen=True)
@@ -88,23 +92,27 @@ def hnsw_index_name(space: str) -> str:
 
 
 def ensure_hnsw_index(store: Store, space: str, dim: int) -> None:
-    """Create the space's partial HNSW index if it does not exist yet (idempotent)."""
+    """Create the space's partial HNSW index if it does not exist yet (idempotent; concurrent
+    callers serialise on an advisory lock instead of racing on the index name)."""
     name = hnsw_index_name(space)
-    with store.engine.connect() as connection:
+    known = (store.settings.database_url, name)
+    if known in _ENSURED:
+        return
+    with store.engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
         exists = connection.execute(
             text("SELECT 1 FROM pg_indexes WHERE indexname = :name"), {"name": name}
         ).first()
-        if exists:
-            return
-        connection.execute(
-            text(
-                f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw "
-                f"((vector::vector({dim})) vector_cosine_ops) "
-                f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                f"WHERE space = '{space}'"
+        if not exists:
+            connection.execute(
+                text(
+                    f"CREATE INDEX {name} ON embeddings USING hnsw "
+                    f"((vector::vector({dim})) vector_cosine_ops) "
+                    f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+                    f"WHERE space = '{space}'"
+                )
             )
-        )
-        connection.commit()
+    _ENSURED.add(known)
 
 
 def index_dir(store: Store, space: str) -> Path:
@@ -124,21 +132,38 @@ def _search_embedded(
 
 
 def sync_embedded_index(store: Store, space: str, dim: int) -> EmbeddedIndex:
-    """Open the space's index and upsert every embedding written since its last sync."""
+    """Open the space's index and upsert every embedding written since its last sync.
+
+    Only one writer may hold an index: a sync that meets another one (or finds the index saved
+    by it meanwhile) reopens and tries again, so concurrent searches never fail or lose rows.
+    """
     directory = index_dir(store, space)
-    index = EmbeddedIndex.open(directory, dim)
-    marker = directory / SYNC_FILE
+    for attempt in range(SYNC_ATTEMPTS):
+        index = EmbeddedIndex.open(directory, dim)
+        try:
+            _sync(store, space, index)
+            return index
+        except (IndexLockedError, StaleIndexError):
+            time.sleep(0.1 * (attempt + 1))
+    raise IndexLockedError(f"the index in {directory} stayed locked by another writer")
+
+
+def _sync(store: Store, space: str, index: EmbeddedIndex) -> None:
+    marker = index.directory / SYNC_FILE
     since = json.loads(marker.read_text())["max_id"] if marker.is_file() else 0
     with store.session() as session:
         changed = _changed_since(session, space, since)
-    if changed:
+    if not changed:
+        return
+    with index:  # the writer lock is held from the first add until here
         keys = np.asarray([row[1] for row in changed], dtype=np.int64)
         vectors = np.stack([np.asarray(row[2], dtype=np.float32) for row in changed])
         index.add(keys, vectors)
         index.save()
         newest = max(int(row[0]) for row in changed)
-        marker.write_text(json.dumps({"max_id": newest}))
-    return index
+        temporary = marker.with_name(f".{SYNC_FILE}.{os.getpid()}")
+        temporary.write_text(json.dumps({"max_id": newest}))
+        temporary.replace(marker)
 
 
 def _changed_since(session: Session, space: str, since: int) -> list[Any]:

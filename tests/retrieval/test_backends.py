@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,14 @@ def test_filter_parsing_errors_are_specific() -> None:
                          ("label", "NAME=VALUE")]:  # fmt: skip
         with pytest.raises(FilterError, match=message):
             parse_filter(bad)
+
+
+def test_concurrent_searches_sync_the_index_without_failing(
+    filled: tuple[Store, list[int], npt.NDArray[np.float32]],
+) -> None:
+    store, _, _ = filled
+    fresh = unit(np.random.default_rng(6).normal(size=(4, DIM)))
+    new_ids = populate(store, fresh, start=2 * N)  # not yet in the index: every search syncs
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tops = list(pool.map(lambda v: search_space(store, SPACE, v, 1)[0].encounter_id, fresh))
+    assert tops == new_ids
