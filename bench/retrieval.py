@@ -8,14 +8,18 @@ request does) and recall@10 against exact search:
 
 * ``exact``: one float32 matrix-vector product and a partial sort (numpy);
 * ``faiss_hnsw``: ``faiss.IndexHNSWFlat`` (inner product) with our M and efConstruction, and
-  ``efSearch`` tuned *on these queries* to the smallest power-of-two-ish value reaching recall@10
-  ≥ ``--target`` (an oracle tuning our index cannot do);
+  ``efSearch`` tuned *on these queries* to the smallest value (within 1/16) reaching recall@10
+  ≥ ``--target``: an oracle tuning that our index, which must pick its ``ef`` before it sees a
+  query, cannot do;
 * ``ours``: :class:`clinic.retrieval.index.EmbeddedIndex` with its own policy (exact below its
-  threshold, HNSW with a size-dependent ``ef`` above), build = ``add`` of all rows.
+  threshold, HNSW above it with an ``ef`` calibrated at build time on held-out stored rows);
+  build = one ``add`` of all rows (calibration included), save timed separately.
 
-Builds and BLAS use ``--threads`` threads (default 2); queries run one at a time.
+Builds and BLAS use ``--threads`` threads (default 2); queries run one at a time, the backends
+taking turns query by query so that a busy neighbour slows them all alike.
 
-    .venv/bin/python -m bench.retrieval [--sizes 10000,100000,1000000] [--queries 200] [--json]
+    .venv/bin/python -m bench.retrieval [--sizes 10000,100000,1000000] [--queries 500]
+        [--data random|clustered] [--backends exact,faiss_hnsw,ours] [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,8 @@ Search = Callable[[FloatArray], LabelArray]
 
 K = 10
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-EF_GRID = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384)
+MAX_EF = 32_768
+BACKENDS = ("exact", "faiss_hnsw", "ours")
 
 
 # --------------------------------------------------------------------------- data
@@ -89,31 +95,52 @@ def recall_at_k(found: LabelArray, truth: LabelArray) -> float:
     return float(np.sum(hits) / truth.size)
 
 
-def single_queries(search: Search, queries: FloatArray) -> tuple[LabelArray, list[float]]:
-    """Answers and per-call latency, one query per call (after one warm-up call)."""
-    search(queries[0])
-    answers, seconds = [], []
+@dataclass
+class Prepared:
+    """A built backend: its build time, its one-query search, and notes for the report."""
+
+    build_s: float
+    search: Search
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def interleaved(
+    backends: dict[str, Prepared], queries: FloatArray
+) -> dict[str, tuple[LabelArray, list[float]]]:
+    """Answers and per-call latency of every backend, taking turns query by query.
+
+    Taking turns spreads the noise of a shared machine evenly over the backends instead of
+    charging it to whichever one happened to run while another job was busy.
+    """
+    for prepared in backends.values():
+        prepared.search(queries[0])  # warm-up
+    answers: dict[str, list[LabelArray]] = {name: [] for name in backends}
+    seconds: dict[str, list[float]] = {name: [] for name in backends}
     for query in queries:
-        start = time.perf_counter()
-        found = search(query)
-        seconds.append(time.perf_counter() - start)
-        answers.append(np.pad(found, (0, K - len(found)), constant_values=-1))
-    return np.stack(answers), seconds
+        for name, prepared in backends.items():
+            start = time.perf_counter()
+            found = prepared.search(query)
+            seconds[name].append(time.perf_counter() - start)
+            answers[name].append(np.pad(found, (0, K - len(found)), constant_values=-1))
+    return {name: (np.stack(answers[name]), seconds[name]) for name in backends}
 
 
-def figures(build_s: float, seconds: list[float], recall: float) -> dict[str, Any]:
+def figures(
+    prepared: Prepared, found: LabelArray, seconds: list[float], truth: LabelArray
+) -> dict[str, Any]:
     return {
-        "build_s": round(build_s, 2),
+        "build_s": round(prepared.build_s, 2),
         "p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 3),
         "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 3),
-        "recall_at_10": round(recall, 4),
+        "recall_at_10": round(recall_at_k(found, truth), 4),
+        **prepared.notes,
     }
 
 
 # --------------------------------------------------------------------------- backends
 
 
-def bench_exact(vectors: FloatArray, queries: FloatArray, truth: LabelArray) -> dict[str, Any]:
+def prepare_exact(vectors: FloatArray) -> Prepared:
     start = time.perf_counter()
     matrix = np.ascontiguousarray(vectors)  # the "build": one contiguous float32 matrix
     build_s = time.perf_counter() - start
@@ -123,23 +150,28 @@ def bench_exact(vectors: FloatArray, queries: FloatArray, truth: LabelArray) -> 
         part = np.argpartition(-scores, K - 1)[:K]
         return part[np.argsort(-scores[part])].astype(np.int64)
 
-    found, seconds = single_queries(search, queries)
-    return figures(build_s, seconds, recall_at_k(found, truth))
+    return Prepared(build_s, search)
 
 
 def tuned_ef(index: Any, queries: FloatArray, truth: LabelArray, target: float) -> int:
-    """Smallest ``efSearch`` on the grid whose batched recall@10 reaches ``target``."""
-    for ef in EF_GRID:
+    """Smallest ``efSearch`` (to within 1/16) whose batched recall@10 reaches ``target``."""
+
+    def reaches(ef: int) -> bool:
         index.hnsw.efSearch = ef
-        _, found = index.search(queries, K)
-        if recall_at_k(found, truth) >= target:
-            return ef
-    return EF_GRID[-1]
+        return recall_at_k(index.search(queries, K)[1], truth) >= target
+
+    low, high = 0, 16
+    while high < MAX_EF and not reaches(high):
+        low, high = high, 2 * high
+    while high - low > max(2, high // 16):
+        middle = (low + high) // 2
+        low, high = (low, middle) if reaches(middle) else (middle, high)
+    return high
 
 
-def bench_faiss_hnsw(
+def prepare_faiss_hnsw(
     vectors: FloatArray, queries: FloatArray, truth: LabelArray, target: float
-) -> dict[str, Any]:
+) -> Prepared:
     start = time.perf_counter()
     index = faiss.IndexHNSWFlat(vectors.shape[1], index_module.HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = index_module.HNSW_EF_CONSTRUCTION
@@ -151,13 +183,10 @@ def bench_faiss_hnsw(
         labels: LabelArray = index.search(query[None, :], K)[1][0]
         return labels
 
-    found, seconds = single_queries(search, queries)
-    return {**figures(build_s, seconds, recall_at_k(found, truth)), "ef_search": ef}
+    return Prepared(build_s, search, {"ef_search": ef})
 
 
-def bench_ours(
-    vectors: FloatArray, queries: FloatArray, truth: LabelArray, folder: Path
-) -> dict[str, Any]:
+def prepare_ours(vectors: FloatArray, folder: Path) -> Prepared:
     keys = np.arange(len(vectors), dtype=np.int64)  # key = row, so answers compare to truth
     index = EmbeddedIndex.open(folder, dim=vectors.shape[1])
     start = time.perf_counter()
@@ -166,26 +195,34 @@ def bench_ours(
     start = time.perf_counter()
     index.save()
     save_s = time.perf_counter() - start
+    index.close()
 
     def search(query: FloatArray) -> LabelArray:
         return np.array([hit.key for hit in index.search(query, K)], np.int64)
 
-    found, seconds = single_queries(search, queries)
-    index.close()
-    backend = "hnsw" if index.uses_graph else "exact"
-    result = figures(build_s, seconds, recall_at_k(found, truth))
-    return {**result, "save_s": round(save_s, 2), "backend": backend, "ef_search": index.ef_search}
+    notes = {
+        "save_s": round(save_s, 2),
+        "backend": "hnsw" if index.uses_graph else "exact",
+        "ef_search": index.ef_search,
+    }
+    return Prepared(build_s, search, notes)
 
 
 def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     vectors, queries = dataset(n, args.queries, args.dim, args.data, seed=n)
     truth = exact_top(vectors, queries, K)
-    return {
-        "n": n,
-        "exact": bench_exact(vectors, queries, truth),
-        "faiss_hnsw": bench_faiss_hnsw(vectors, queries, truth, args.target),
-        "ours": bench_ours(vectors, queries, truth, work / f"ours-{n}"),
-    }
+    backends: dict[str, Prepared] = {}
+    if "exact" in args.backends:
+        backends["exact"] = prepare_exact(vectors)
+    if "faiss_hnsw" in args.backends:
+        backends["faiss_hnsw"] = prepare_faiss_hnsw(vectors, queries, truth, args.target)
+    if "ours" in args.backends:
+        backends["ours"] = prepare_ours(vectors, work / f"ours-{n}")
+    measured = interleaved(backends, queries)
+    result: dict[str, Any] = {"n": n}
+    for name, (found, seconds) in measured.items():
+        result[name] = figures(backends[name], found, seconds, truth)
+    return result
 
 
 # --------------------------------------------------------------------------- report
@@ -201,7 +238,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"{'recall@10':>9}  notes"
     )
     for size in results["sizes"]:
-        for name in ("exact", "faiss_hnsw", "ours"):
+        for name in (backend for backend in BACKENDS if backend in size):
             r = size[name]
             notes = []
             if r.get("backend"):
@@ -216,6 +253,14 @@ def print_table(results: dict[str, Any]) -> None:
             )
 
 
+def backend_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = sorted(set(names) - set(BACKENDS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
+    return names
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -225,10 +270,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated numbers of stored vectors",
     )
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--data", choices=("random", "clustered"), default="random")
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 FAISS is tuned to")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--backends",
+        type=backend_list,
+        default=list(BACKENDS),
+        help="comma-separated subset of " + ",".join(BACKENDS),
+    )
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 

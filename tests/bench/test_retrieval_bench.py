@@ -9,7 +9,7 @@ import pytest
 import clinic.retrieval.index as index_module
 from bench import retrieval
 
-BACKENDS = ("exact", "faiss_hnsw", "ours")
+BACKENDS = retrieval.BACKENDS
 FIGURES = {"build_s", "p50_ms", "p99_ms", "recall_at_10"}
 
 
@@ -29,7 +29,7 @@ def test_retrieval_benchmark_json_covers_every_backend_and_size(
             assert 0.0 <= size[backend]["recall_at_10"] <= 1.0
             assert size[backend]["p99_ms"] >= size[backend]["p50_ms"] > 0
         assert size["exact"]["recall_at_10"] == 1.0
-        assert size["faiss_hnsw"]["ef_search"] in retrieval.EF_GRID
+        assert 0 < size["faiss_hnsw"]["ef_search"] <= retrieval.MAX_EF
     small, large = printed["sizes"]
     assert (small["ours"]["backend"], large["ours"]["backend"]) == ("exact", "hnsw")
     assert small["ours"]["recall_at_10"] == 1.0
@@ -41,3 +41,11 @@ def test_retrieval_benchmark_prints_a_table(capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.splitlines()
     assert "clustered" in lines[0]
     assert [line.split()[1] for line in lines[2:]] == list(BACKENDS)
+
+
+def test_retrieval_benchmark_runs_a_chosen_subset_of_backends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--sizes", "100", "--dim", "8", "--queries", "5", "--backends", "exact", "--json"]
+    (size,) = retrieval.main(argv)["sizes"]
+    assert set(size) == {"n", "exact"}

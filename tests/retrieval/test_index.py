@@ -190,6 +190,10 @@ def test_remove_forgets_keys_and_ignores_unknown_ones(
     for query in unit_rows(20, 32, 11):
         hits = index.search(query, 10)
         assert len(hits) == 10 and not removed & set(hit_keys(hits))
+    allowed = np.concatenate([gone, keys[100:2_000]])  # a filter naming removed keys too
+    hits = index.search(unit_rows(1, 32, 12)[0], 10, allowed=allowed)
+    assert len(hits) == 10 and not removed & set(hit_keys(hits))
+    assert len(index.search(unit_rows(1, 32, 13)[0], 10, allowed=gone)) == 0
 
 
 def test_many_tombstones_compact_and_small_indexes_drop_the_graph(
@@ -225,6 +229,7 @@ def test_save_reopen_gives_identical_results_and_accepts_more(
         before = index.search_many(queries, 10)
     with EmbeddedIndex.open(folder, dim=16) as reopened:
         assert reopened.uses_graph is use_graph and len(reopened) == 1_950
+        assert reopened.ef_search == index.ef_search  # the calibrated ef is persisted
         assert reopened.search_many(queries, 10) == before
         reopened.add(keys[2_000:], vectors[2_000:])  # incremental, on the loaded graph
         reopened.save()
@@ -358,5 +363,5 @@ def test_recall_at_10_on_100k_random_vectors_of_dim_256(tmp_path: Path) -> None:
     scores = queries @ vectors.T
     truth = [[int(k) for k in keys[np.argsort(-row)[:10]]] for row in scores]
     value = recall(found, truth)
-    print(f"recall@10 {value:.3f}, build {build_s:.0f} s")
+    print(f"recall@10 {value:.3f}, ef {index.ef_search}, build {build_s:.0f} s")
     assert value >= 0.95
