@@ -49,7 +49,10 @@ def test_demo_and_test_modes_may_use_the_demo_key() -> None:
 
 
 def test_real_keys_are_accepted_in_production() -> None:
-    env = {"CLINIC_PSEUDONYM_KEY": "a-long-enough-secret-key", "CLINIC_AUDIT_KEY": "another-secret-key"}
+    env = {
+        "CLINIC_PSEUDONYM_KEY": "a-long-enough-secret-key",
+        "CLINIC_AUDIT_KEY": "another-secret-key",
+    }
     settings = Settings.from_env(env)
     settings.check()
     assert settings.pseudonym_key == b"a-long-enough-secret-key"
