@@ -24,7 +24,8 @@ N, DIM = 600, 32
 
 
 def unit(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.asarray(rows / norms, dtype=np.float32)
 
 
 def populate(store: Store, vectors: npt.NDArray[np.float32], start: int = 0) -> list[int]:
@@ -108,7 +109,9 @@ def test_combined_filters(filled: tuple[Store, list[int], npt.NDArray[np.float32
         rows = session.execute(
             select(ClinicalRecord.encounter_id, ClinicalRecord.age_years, ClinicalRecord.sex)
         ).all()
-    expected = {e for e, age, sex in rows if 60 <= age <= 80 and sex == "female"}
+    expected = {
+        e for e, age, sex in rows if age is not None and 60 <= age <= 80 and sex == "female"
+    }
     assert allowed == expected and allowed
     query = unit(np.random.default_rng(3).normal(size=(1, DIM)))[0]
     hits = search_space(store, SPACE, query, 5, allowed_encounters(case_filter))
