@@ -16,7 +16,10 @@ request does) and recall@10 against exact search:
   build = one ``add`` of all rows (calibration included), save timed separately.
 
 Builds and BLAS use ``--threads`` threads (default 2); queries run one at a time, the backends
-taking turns query by query so that a busy neighbour slows them all alike.
+taking turns in blocks of 50 queries so that a busy neighbour slows them all alike. Besides wall
+clock p50 / p99, ``p50_cpu_ms`` is the CPU time this process spent in the call: on a shared
+machine it leaves out the time spent waiting for a core (not memory-bandwidth contention); with
+``--threads 1`` it is the single query's own cost, with more BLAS threads their times add up.
 
     .venv/bin/python -m bench.retrieval [--sizes 10000,100000,1000000] [--queries 500]
         [--data random|clustered] [--backends exact,faiss_hnsw,ours] [--threads 2] [--json]
@@ -46,6 +49,7 @@ LabelArray = npt.NDArray[np.int64]
 Search = Callable[[FloatArray], LabelArray]
 
 K = 10
+BLOCK = 50  # queries a backend answers in a row before the next one takes its turn
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 MAX_EF = 32_768
 BACKENDS = ("exact", "faiss_hnsw", "ours")
@@ -104,34 +108,46 @@ class Prepared:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Timings:
+    """Seconds per call: wall clock, and CPU time of this process (see the module docstring)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
 def interleaved(
     backends: dict[str, Prepared], queries: FloatArray
-) -> dict[str, tuple[LabelArray, list[float]]]:
-    """Answers and per-call latency of every backend, taking turns query by query.
+) -> dict[str, tuple[LabelArray, Timings]]:
+    """Answers and per-call latency of every backend, taking turns block by block.
 
-    Taking turns spreads the noise of a shared machine evenly over the backends instead of
-    charging it to whichever one happened to run while another job was busy.
+    Turns spread the noise of a shared machine over all backends instead of charging it to
+    whichever one ran while a neighbour was busy; blocks of ``BLOCK`` queries, each after one
+    unmeasured warm-up query, keep a backend's data in cache as consecutive requests would
+    (turns of single queries measured each backend after the others had evicted it).
     """
-    for prepared in backends.values():
-        prepared.search(queries[0])  # warm-up
     answers: dict[str, list[LabelArray]] = {name: [] for name in backends}
-    seconds: dict[str, list[float]] = {name: [] for name in backends}
-    for query in queries:
+    timings: dict[str, Timings] = {name: Timings() for name in backends}
+    for start in range(0, len(queries), BLOCK):
         for name, prepared in backends.items():
-            start = time.perf_counter()
-            found = prepared.search(query)
-            seconds[name].append(time.perf_counter() - start)
-            answers[name].append(np.pad(found, (0, K - len(found)), constant_values=-1))
-    return {name: (np.stack(answers[name]), seconds[name]) for name in backends}
+            prepared.search(queries[start - 1])  # warm-up (the last query for the first block)
+            for query in queries[start : start + BLOCK]:
+                wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+                found = prepared.search(query)
+                timings[name].cpu.append((time.process_time_ns() - cpu) / 1e9)
+                timings[name].wall.append((time.perf_counter_ns() - wall) / 1e9)
+                answers[name].append(np.pad(found, (0, K - len(found)), constant_values=-1))
+    return {name: (np.stack(answers[name]), timings[name]) for name in backends}
 
 
 def figures(
-    prepared: Prepared, found: LabelArray, seconds: list[float], truth: LabelArray
+    prepared: Prepared, found: LabelArray, timings: Timings, truth: LabelArray
 ) -> dict[str, Any]:
     return {
         "build_s": round(prepared.build_s, 2),
-        "p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 3),
-        "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 3),
+        "p50_ms": round(float(np.percentile(timings.wall, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(timings.wall, 99)) * 1e3, 3),
+        "p50_cpu_ms": round(float(np.percentile(timings.cpu, 50)) * 1e3, 3),
         "recall_at_10": round(recall_at_k(found, truth), 4),
         **prepared.notes,
     }
@@ -220,8 +236,8 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         backends["ours"] = prepare_ours(vectors, work / f"ours-{n}")
     measured = interleaved(backends, queries)
     result: dict[str, Any] = {"n": n}
-    for name, (found, seconds) in measured.items():
-        result[name] = figures(backends[name], found, seconds, truth)
+    for name, (found, timings) in measured.items():
+        result[name] = figures(backends[name], found, timings, truth)
     return result
 
 
@@ -234,7 +250,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"{results['threads']} threads for builds and BLAS, one query per call"
     )
     print(
-        f"{'n':>9} {'backend':12} {'build s':>9} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'n':>9} {'backend':12} {'build s':>9} {'p50 ms':>9} {'p99 ms':>9} {'p50 cpu':>9} "
         f"{'recall@10':>9}  notes"
     )
     for size in results["sizes"]:
@@ -249,7 +265,8 @@ def print_table(results: dict[str, Any]) -> None:
                 notes.append(f"save {r['save_s']} s")
             print(
                 f"{size['n']:>9} {name:12} {r['build_s']:>9.2f} {r['p50_ms']:>9.3f} "
-                f"{r['p99_ms']:>9.3f} {r['recall_at_10']:>9.3f}  {', '.join(notes)}"
+                f"{r['p99_ms']:>9.3f} {r['p50_cpu_ms']:>9.3f} {r['recall_at_10']:>9.3f}  "
+                f"{', '.join(notes)}"
             )
 
 

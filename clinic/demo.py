@@ -76,18 +76,23 @@ def ensure_demo_users(store: Store) -> None:
         session.commit()
 
 
-def run_demo_analysis(store: Store, progress: Progress | None = None) -> DemoResult:
+def run_demo_analysis(
+    store: Store,
+    progress: Progress | None = None,
+    *,
+    model: str = DEMO_MODEL,
+    cohort: str = DEMO_COHORT,
+) -> DemoResult:
     """Score the demo cohort, write its report, predict and retrieve for the top-risk case."""
     ensure_demo_users(store)
     researcher = Principal("demo-researcher", Role.RESEARCHER)
     clinician = Principal("demo-clinician", Role.CLINICIAN)
-    summary = score_cohort(store, researcher, CohortScoreRequest(DEMO_COHORT, DEMO_MODEL),
-                           progress)  # fmt: skip
-    out = store.settings.home / "reports" / DEMO_COHORT
-    files = cohort_report(store, researcher, CohortReportRequest(DEMO_COHORT, out, DEMO_MODEL))
+    summary = score_cohort(store, researcher, CohortScoreRequest(cohort, model), progress)
+    out = store.settings.home / "reports" / cohort
+    files = cohort_report(store, researcher, CohortReportRequest(cohort, out, model))
     top = _top_case(files.csv)
-    prediction = predict(store, clinician, PredictRequest(top, DEMO_MODEL))
-    hits = similar(store, clinician, SimilarRequest(model=DEMO_MODEL, case_id=top, k=5))
+    prediction = predict(store, clinician, PredictRequest(top, model))
+    hits = similar(store, clinician, SimilarRequest(model=model, case_id=top, k=5))
     with store.session() as session:
         audit = verify_chain(session, AuditKey.from_settings(store.settings)).to_json()
     return DemoResult(files.html, top, prediction, hits, audit, summary.scored)

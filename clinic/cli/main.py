@@ -24,6 +24,7 @@ from clinic.cli.output import (
     summary_table,
 )
 from clinic.cli.predict_commands import register as register_predict_commands
+from clinic.cli.ui_command import register as register_ui_command
 from clinic.ingest.discover import iter_items_from_paths, iter_manifest_items
 from clinic.ingest.engine import IngestOptions, IngestSummary, ingest
 from clinic.ingest.errors import IngestError
@@ -183,6 +184,7 @@ register_model_commands(app, load_settings)
 app.command("evaluate")(evaluate_command_factory(load_settings))
 register_predict_commands(app, cohort_app, load_settings)
 register_admin_commands(app, load_settings)
+register_ui_command(app, load_settings)
 
 
 @app.command("status")
@@ -272,9 +274,13 @@ def demo_command(
     patients: Annotated[int, typer.Option(min=1, help="Phantom patients to generate.")] = 120,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     workers: WorkersOption = 2,
+    ui: Annotated[
+        bool, typer.Option(help="End by starting the review UI (Ctrl-C stops it).")
+    ] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the review UI.")] = 8501,
 ) -> None:
     """The demo: synthesise and ingest a phantom cohort, train a model, score the cohort, write
-    its report, predict and retrieve for the top case, verify the audit trail."""
+    its report, predict and retrieve for the top case, verify the audit trail, start the UI."""
     from clinic.synth import synthesize_cohort
 
     settings = load_settings(RunMode.DEMO)
@@ -289,6 +295,15 @@ def demo_command(
     run_ingest(settings, items, options, as_json=False)
     print_status(settings, as_json=False)
     run_demo_model(settings)
+    if ui:
+        from clinic.cli.ui_command import exec_command, streamlit_command
+
+        typer.echo(
+            f"\nStarting the review UI: open http://127.0.0.1:{port} and sign in as "
+            "demo-clinician / demo-clinician-password (Ctrl-C stops it; `clinic ui` starts it "
+            "again, `clinic ui --demo-login` prints the logins)."
+        )
+        exec_command(streamlit_command("127.0.0.1", port))
 
 
 def run_demo_model(settings: Settings) -> None:

@@ -207,8 +207,10 @@ def _attach_labels(
     session: Session, cases: dict[int, Case], ids: Sequence[int], vocabulary: str | None
 ) -> None:
     """Known (positive / negative) labels; a clinician's label wins over ground truth."""
-    query = select(Label.encounter_id, Label.name, Label.value, Label.state, Label.source).where(
-        Label.encounter_id.in_(ids), Label.state.in_(_KNOWN_STATES)
+    query = (
+        select(Label.encounter_id, Label.name, Label.value, Label.state, Label.source)
+        .where(Label.encounter_id.in_(ids), Label.state.in_(_KNOWN_STATES))
+        .order_by(Label.id.desc())  # newest first: a later review of a finding wins
     )
     if vocabulary is not None:
         query = query.where(Label.vocabulary == vocabulary)

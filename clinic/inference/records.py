@@ -3,12 +3,14 @@
 A prediction is unique per (case, lineage hash): scoring the same case with the same weights,
 adapter, preprocessing, calibration, inputs and code returns the row already there, so a re-run
 of a killed cohort job never duplicates. An embedding is unique per (case, space) and is
-replaced when the case's inputs change.
+replaced when the case's inputs change. Each prediction also stores its highest calibrated risk
+and its flagged labels (:func:`risk_summary`), so that a worklist sorts and filters in SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,13 +18,30 @@ import numpy.typing as npt
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from clinic.inference.scoring import CaseScore
+from clinic.inference.scoring import CaseScore, Finding
 from clinic.store.models import Embedding, Encounter, Patient, Prediction, utcnow
 
 
 def embedding_space(model_key: str, modality: str) -> str:
     """The name of one embedding space: a model version × a modality (or ``fused``)."""
     return f"{model_key}:{modality}"
+
+
+FLAG_THRESHOLD = 0.5
+"""A finding is flagged for review when its calibrated probability is at least this."""
+
+
+def risk_summary(findings: Iterable[Finding]) -> tuple[float | None, list[str]]:
+    """(highest non-abstained calibrated probability, labels flagged at ``FLAG_THRESHOLD``,
+    highest first). Abstained or non-finite probabilities are no call, so they never flag a case;
+    ``None`` when nothing was called. Migration 0003 backfills with a frozen copy of this rule."""
+    called = sorted(
+        ((f.probability, f.label) for f in findings
+         if not f.abstained and math.isfinite(f.probability)),
+        key=lambda call: (-call[0], call[1]),
+    )  # fmt: skip
+    flagged = [label for probability, label in called if probability >= FLAG_THRESHOLD]
+    return (called[0][0] if called else None), flagged
 
 
 def find_prediction(session: Session, encounter_id: int, lineage_hash: str) -> Prediction | None:
@@ -46,6 +65,7 @@ def add_prediction(
     explanations: Mapping[str, Any] | None = None,
 ) -> Prediction:
     """Add the prediction row (flushed, not committed); the caller checked it is new."""
+    max_risk, flagged = risk_summary(score.findings)
     row = Prediction(
         encounter_id=encounter_id,
         model_name=model_name,
@@ -58,6 +78,8 @@ def add_prediction(
         explanations=dict(explanations or {}),
         created_by=created_by,
         cohort_run_id=cohort_run_id,
+        max_risk=max_risk,
+        flagged=flagged,
     )
     session.add(row)
     session.flush()

@@ -351,6 +351,33 @@ class Prediction(Timestamped, Base):
     cohort_run_id: Mapped[int | None] = mapped_column(
         ForeignKey("cohort_runs.id", ondelete="SET NULL"), index=True
     )
+    # Denormalised from ``findings`` so the worklist can filter and sort 10k cases in SQL:
+    # the highest non-abstained calibrated probability, and the labels at or above 0.5.
+    max_risk: Mapped[float | None] = mapped_column(Float, index=True)
+    flagged: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Review(Timestamped, Base):
+    """A clinician's decision on one finding of one prediction: accept, reject or correct.
+
+    Reviews are append-only history: a later review of the same (case, label) supersedes an
+    earlier one without erasing it. ``prediction_id`` survives the prediction being deleted
+    (SET NULL) because the decision itself is part of the clinical record.
+    """
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encounter_id: Mapped[int] = mapped_column(
+        ForeignKey("encounters.id", ondelete="CASCADE"), index=True
+    )
+    prediction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("predictions.id", ondelete="SET NULL"), index=True
+    )
+    label: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    corrected_probability: Mapped[float | None] = mapped_column(Float)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128))
 
 
 class Embedding(Timestamped, Base):

@@ -1,0 +1,1 @@
+"""The clinician review workflow as services: worklist, case view, reviews, admin views."""
