@@ -46,6 +46,7 @@ class Settings:
     ecg_sampling_rate: int = 500
     ecg_duration_s: float = 10.0
     raw_audit_key: str | None = None
+    hnsw_ef_search: int = 100  # pgvector's candidate list per query (recall vs latency, README)
 
     @property
     def blob_root(self) -> Path:
@@ -86,6 +87,9 @@ class Settings:
         home = Path(env.get("CLINIC_HOME", "./.clinic")).expanduser().resolve()
         url = env.get("CLINIC_DATABASE_URL") or f"sqlite:///{home / 'clinic.db'}"
         rate = int(env.get("CLINIC_ECG_SAMPLING_RATE", "500"))
+        ef_search = int(env.get("CLINIC_HNSW_EF_SEARCH", "100"))
+        if not 1 <= ef_search <= 1000:
+            raise SettingsError("CLINIC_HNSW_EF_SEARCH must lie in 1..1000 (pgvector's range)")
         return cls(
             home=home,
             database_url=normalise_database_url(url),
@@ -93,6 +97,7 @@ class Settings:
             mode=run_mode,
             ecg_sampling_rate=rate,
             raw_audit_key=env.get("CLINIC_AUDIT_KEY"),
+            hnsw_ef_search=ef_search,
         )
 
 

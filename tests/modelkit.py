@@ -1,14 +1,17 @@
 """Tiny models and a tiny ingested phantom cohort for the model, training and evaluation tests.
 
-The phantom cohort is synthesised and ingested once per test session (SQLite) and copied per
-test that writes to it; the tiny config keeps every encoder small and random-initialised so a
-full pretrain → finetune → calibrate → evaluate cycle runs in seconds.
+The phantom cohort is synthesised and ingested once per test session (on the test backend, see
+tests/conftest.py) and copied per test that writes to it; the tiny config keeps every encoder
+small and random-initialised so a full pretrain → finetune → calibrate → evaluate cycle runs
+in seconds.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from clinic.ingest.discover import iter_items_from_paths
 from clinic.ingest.engine import IngestOptions, ingest
@@ -21,10 +24,11 @@ from clinic.models.config import (
 from clinic.settings import Settings
 from clinic.store.store import Store
 from clinic.synth import synthesize_cohort
-from tests.conftest import make_settings
+from tests.conftest import create_database, make_settings
 
 TINY_COHORT = "tiny"
 TINY_PATIENTS = 24
+COPIED_DATABASES: list[str] = []  # PostgreSQL copies, dropped after the test that made them
 
 
 def tiny_config() -> ModelConfig:
@@ -42,9 +46,11 @@ def tiny_config() -> ModelConfig:
     return model_config_from_dict(data)
 
 
-def build_tiny_store(root: Path) -> Settings:
-    """Synthesise and ingest ``TINY_PATIENTS`` phantom patients into a SQLite store at ``root``."""
-    settings = make_settings(root / "home", f"sqlite:///{root / 'home' / 'clinic.db'}")
+def build_tiny_store(root: Path, database_url: str | None = None) -> Settings:
+    """Synthesise and ingest ``TINY_PATIENTS`` phantom patients into a store with its home at
+    ``root`` (a SQLite file there unless ``database_url`` names another database)."""
+    url = database_url or f"sqlite:///{root / 'home' / 'clinic.db'}"
+    settings = make_settings(root / "home", url)
     cohort = root / "cohort"
     synthesize_cohort(cohort, patients=TINY_PATIENTS, seed=3, workers=1)
     store = Store.open(settings)
@@ -57,9 +63,20 @@ def build_tiny_store(root: Path) -> Settings:
 
 
 def copy_store(source: Settings, destination: Path) -> Settings:
-    """An independent copy of a SQLite store (database file and blobs) under ``destination``."""
+    """An independent copy of a store (database and blobs) with its home under ``destination``.
+
+    SQLite: the home folder holds the database file. PostgreSQL: the database is cloned with
+    ``CREATE DATABASE … TEMPLATE`` (milliseconds for the tiny cohort) and dropped after the test.
+    """
     shutil.copytree(source.home, destination / "home")
-    return make_settings(destination / "home", f"sqlite:///{destination / 'home' / 'clinic.db'}")
+    if source.is_sqlite:
+        url = f"sqlite:///{destination / 'home' / 'clinic.db'}"
+    else:
+        parsed = make_url(source.database_url)
+        server = parsed.set(database="postgres").render_as_string(hide_password=False)
+        url = create_database(server, template=parsed.database)
+        COPIED_DATABASES.append(url)
+    return make_settings(destination / "home", url)
 
 
 TINY_MODEL = "tiny"

@@ -1,10 +1,12 @@
 """Nearest-neighbour search over one embedding space: pgvector on PostgreSQL, the embedded index
 under ``CLINIC_HOME/index`` otherwise. Both search *inside* the allowed cases of a filter.
 
-pgvector: one partial HNSW index per space, on the expression ``vector::vector(D)`` with
-``WHERE space = '<space>'`` (spaces differ in dimension, and a partial index keeps each graph to
-its own vectors). Filtered queries use pgvector's iterative index scans (``relaxed_order``), which
-keep scanning the graph until enough rows pass the filter instead of returning fewer than k.
+pgvector: one partial HNSW index per embedding dimension, on the expression ``vector::vector(D)``
+with ``WHERE vector_dims(vector) = D`` — created by migration 0004 for the shipped configs'
+dimensions, on first search for any other. The space (and any case filter) is applied during the
+graph walk by pgvector's iterative index scans (``relaxed_order``), which keep scanning until
+enough rows pass instead of returning fewer than k. ``hnsw.ef_search`` comes from
+``CLINIC_HNSW_EF_SEARCH`` (default 100; the README's tuning table shows what it buys).
 
 Embedded: the index is synchronised from the ``embeddings`` table before each search (rows
 created or replaced since the last sync are upserted), so newly scored cases are found at once.
@@ -12,10 +14,10 @@ created or replaced since the last sync are upserted), so newly scored cases are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Select, select, text
+from sqlalchemy import Select, TextClause, select, text
 from sqlalchemy.orm import Session
 
 from clinic.retrieval.index import EmbeddedIndex, IndexLockedError, StaleIndexError
@@ -31,12 +33,13 @@ from clinic.store.models import Embedding
 from clinic.store.store import Store
 
 _SPACE = re.compile(r"^[0-9a-f]{64}:[a-z]+$")
-HNSW_M = 16
+HNSW_M = 16  # as migration 0004
 HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 100
 SYNC_FILE = "sync.json"
 SYNC_ATTEMPTS = 50
 _ENSURED: set[tuple[str, str]] = set()  # (database, index) known to exist, per process
+_OPEN_INDEXES: dict[Path, EmbeddedIndex] = {}  # one loaded handle per index folder, per process
+_HANDLE_LOCK = threading.Lock()  # a shared handle is synced (mutated) and searched by one thread
 
 
 @dataclass(frozen=True)
@@ -66,35 +69,44 @@ def _search_pgvector(
     dim = int(query.shape[0])
     ensure_hnsw_index(store, space, dim)
     literal = "[" + ",".join(f"{float(v):.8g}" for v in query) + "]"
-    where = f"space = '{space}'"
+    ef_search = max(store.settings.hnsw_ef_search, k)
     with store.session() as session:
-        session.execute(text(f"SET LOCAL hnsw.ef_search = {max(HNSW_EF_SEARCH, k)}"))
+        session.execute(text(f"SET LOCAL hnsw.ef_search = {ef_search}"))
         session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-        params: dict[str, Any] = {"q": literal, "k": k}
+        allowed_sql = None
         if allowed is not None:
             compiled = allowed.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
-            where += f" AND encounter_id IN ({compiled})"
-        rows = session.execute(
-            text(
-                f"SELECT encounter_id, (vector::vector({dim})) <=> CAST(:q AS vector({dim})) AS d "
-                f"FROM embeddings WHERE {where} "
-                f"ORDER BY (vector::vector({dim})) <=> CAST(:q AS vector({dim})) LIMIT :k"
-            ),
-            params,
-        ).all()
+            allowed_sql = str(compiled)
+        params: dict[str, Any] = {"q": literal, "k": k}
+        rows = session.execute(pgvector_search_sql(space, dim, allowed_sql), params).all()
         session.rollback()
     hits = [Neighbour(int(row[0]), 1.0 - float(row[1])) for row in rows]
     return sorted(hits, key=lambda hit: -hit.score)  # relaxed order: re-sort the k found
 
 
-def hnsw_index_name(space: str) -> str:
-    return "ix_embeddings_hnsw_" + hashlib.sha256(space.encode()).hexdigest()[:16]
+def pgvector_search_sql(space: str, dim: int, allowed_sql: str | None = None) -> TextClause:
+    """The k-nearest query (parameters ``q``, ``k``): it names the HNSW index's own predicate
+    and expression so the planner can use it, then the space and the case filter."""
+    distance = f"(vector::vector({dim})) <=> CAST(:q AS vector({dim}))"
+    where = f"vector_dims(vector) = {dim} AND space = '{space}'"
+    if allowed_sql is not None:
+        where += f" AND encounter_id IN ({allowed_sql})"
+    return text(
+        f"SELECT encounter_id, {distance} AS d FROM embeddings WHERE {where} "
+        f"ORDER BY {distance} LIMIT :k"
+    )
+
+
+def hnsw_index_name(dim: int) -> str:
+    """The name migration 0004 gives the HNSW index over ``dim``-dimensional embeddings."""
+    return f"ix_embeddings_hnsw_d{dim}"
 
 
 def ensure_hnsw_index(store: Store, space: str, dim: int) -> None:
-    """Create the space's partial HNSW index if it does not exist yet (idempotent; concurrent
-    callers serialise on an advisory lock instead of racing on the index name)."""
-    name = hnsw_index_name(space)
+    """Make sure the HNSW index covering ``space`` (its dimension ``dim``) exists: migrations
+    create those of the shipped configs; another dimension's is created here once (idempotent;
+    concurrent callers serialise on an advisory lock instead of racing on the index name)."""
+    name = hnsw_index_name(dim)
     known = (store.settings.database_url, name)
     if known in _ENSURED:
         return
@@ -109,7 +121,7 @@ def ensure_hnsw_index(store: Store, space: str, dim: int) -> None:
                     f"CREATE INDEX {name} ON embeddings USING hnsw "
                     f"((vector::vector({dim})) vector_cosine_ops) "
                     f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                    f"WHERE space = '{space}'"
+                    f"WHERE vector_dims(vector) = {dim}"
                 )
             )
     _ENSURED.add(known)
@@ -122,12 +134,13 @@ def index_dir(store: Store, space: str) -> Path:
 def _search_embedded(
     store: Store, space: str, query: npt.NDArray[np.float32], k: int, allowed: Select[int] | None
 ) -> list[Neighbour]:
-    index = sync_embedded_index(store, space, int(query.shape[0]))
     keys: npt.NDArray[np.int64] | None = None
     if allowed is not None:
         with store.session() as session:
             keys = np.asarray(session.scalars(allowed).all(), dtype=np.int64)
-    hits = index.search(np.asarray(query, dtype=np.float32), k, allowed=keys)
+    with _HANDLE_LOCK:
+        index = sync_embedded_index(store, space, int(query.shape[0]))
+        hits = index.search(np.asarray(query, dtype=np.float32), k, allowed=keys)
     return [Neighbour(int(hit.key), float(hit.score)) for hit in hits]
 
 
@@ -139,13 +152,26 @@ def sync_embedded_index(store: Store, space: str, dim: int) -> EmbeddedIndex:
     """
     directory = index_dir(store, space)
     for attempt in range(SYNC_ATTEMPTS):
-        index = EmbeddedIndex.open(directory, dim)
+        index = _open_index(directory, dim)
         try:
             _sync(store, space, index)
             return index
         except (IndexLockedError, StaleIndexError):
+            _OPEN_INDEXES.pop(directory, None)
             time.sleep(0.1 * (attempt + 1))
     raise IndexLockedError(f"the index in {directory} stayed locked by another writer")
+
+
+def _open_index(directory: Path, dim: int) -> EmbeddedIndex:
+    """The process's handle on ``directory``, reloaded from disk only when another writer has
+    saved a newer generation since (a reload at 100k rows reads ~200 MB; a check reads one
+    small file)."""
+    cached = _OPEN_INDEXES.get(directory)
+    if cached is not None and cached.dim == dim and cached.is_current():
+        return cached
+    index = EmbeddedIndex.open(directory, dim)
+    _OPEN_INDEXES[directory] = index
+    return index
 
 
 def _sync(store: Store, space: str, index: EmbeddedIndex) -> None:

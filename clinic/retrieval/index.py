@@ -6,19 +6,19 @@ computed in SQL. PostgreSQL deployments use pgvector instead; this index is the 
 
 Backends, chosen by measurement
 -------------------------------
-All figures: random unit vectors of dimension 256 (no structure, the hard case for graphs),
-recall@10 against exact search on 200 random unit queries, p50 latency of one query per call
-on one thread, builds on 2 threads of this shared 2-core machine (other jobs were running, so
-treat differences under ~15 % as noise). Scripts: ``bench/retrieval.py`` and the exploration
-behind the figures below (same method, more parameter values).
+Figures are for unit vectors of dimension 256, random (no structure: the hard case for graphs)
+unless called clustered (drawn around n/100 centres, like ``bench/retrieval.py --data
+clustered``); recall@10 against exact search on 200-500 unseen queries; p50 latency of one
+query per call on one thread; builds on 2 threads of this shared 2-core machine. Other jobs
+were running: latencies moved by up to 2x between runs, so only compare figures of one run
+(the benchmark interleaves its backends for that reason).
 
-*Library* (100k vectors, M=32, efConstruction=128; latency at the smallest ``ef`` tried that
-reaches recall 0.95, or the best reached)::
+*Library* (100k random vectors, M=32, efConstruction=128; recall@10 and p50 at each ``ef``)::
 
-    library        build    ef=512            ef=1024           ef=1536
-    faiss 1.15     105 s    0.81  4.3 ms      0.95  7.1 ms      0.98  9.9 ms
-    usearch 2.26   588 s    0.76 12.3 ms      -                 -        (f32; bf16 M=16:
-                                                                 0.49 at ef=512, 6.4 ms)
+    library               build    ef=512          ef=1024         ef=1536
+    faiss 1.15            105 s    0.81   4.3 ms   0.95   7.1 ms   0.98   9.9 ms
+    usearch 2.26, f32     588 s    0.76  12.3 ms
+    usearch 2.26, bf16    119 s    0.49   6.4 ms   (M=16; f32 M=16: 0.49, 7.7 ms)
 
 At 10k the same holds (faiss ef=256: 0.99 in 0.88 ms; usearch f32: 0.98 in 1.28 ms). FAISS
 is faster to build and to search at equal recall, and its Python API applies a filter
@@ -31,36 +31,77 @@ ef≈1000 (about 7.5 ms) and 165 s for M=32. efConstruction 200 instead of 100 l
 needed by 15-20 % (40k: 512 vs 640; 70k: 768 vs 896) for 1.3-1.7x the build time. Hence
 M=32, efConstruction=200. ``ef`` is not a constant: the ef needed for 0.95 grows like
 ``n ** 0.75`` on this data (10k: 160, 20k: 320, 40k: 512, 70k: 768, 100k: about 1100), and
-real embeddings need far less than random ones. So each graph build *calibrates* it: 256 live
-rows drawn at random are held out of the build, the smallest ``ef`` (within 1/8) reaching
-recall@10 ``CALIBRATION_RECALL`` = 0.96 on them is kept, then they are inserted. Afterwards
-``ef`` grows as ``(rows / calibrated rows) ** 0.75``. Calibration costs about four batched
-searches of 256 queries (a few seconds at 100k, next to a build of minutes).
+real embeddings need far less (clustered vectors: 12-16 at 10k and 100k). So each graph build
+*calibrates* it: 256 live rows drawn at random are held out of the build (stored cases the
+graph has not seen: queries from the product's own distribution), the smallest ``ef`` (within
+1/16, at least ``MIN_EF_SEARCH``) reaching recall@10 ``CALIBRATION_RECALL`` = 0.96 on them is
+kept, then they are inserted. 0.96 leaves a margin for a different query set: on 100k random
+vectors the calibrated ef (1123-1155 across builds) gives 0.960-0.964 on fresh queries.
+Afterwards ``ef`` grows as ``(rows / calibrated rows) ** 0.75`` until the next build.
+Calibration costs about five batched searches of 256 queries (seconds at 100k, next to a
+build of minutes).
 
-*Exact or graph* (p50 ms of one query; graph at the ef reaching 0.95)::
+*Exact or graph.* Where the graph pays depends on the data, not only on its size (p50 ms of
+one query on one thread; graph at the ef reaching recall 0.95)::
 
-    rows      10k    20k    40k    70k    100k
-    exact     0.25   1.46   4.2    8.4    16
-    HNSW      0.59   1.76   4.4    6.3    7.5-9.5
+    random rows  10k    20k    40k    70k    100k        clustered rows  10k     100k
+    exact        0.25   1.46   4.2    8.4    11-16       exact           0.30    11.4
+    HNSW         0.59   1.76   4.4    6.3    7.5-10      HNSW            0.04    0.11
 
-The crossover is near 40k; a tie goes to exact (exact recall, no build), so the graph is
-built once ``GRAPH_MIN_ROWS`` = 50,000 rows are live, and dropped again below 25,000
-(hysteresis, so a remove/add cycle at the boundary does not rebuild). Building happens inside
-the ``add`` that crosses the threshold: at 100k × 256 about 3 minutes on 2 threads (4 on one).
+So the threshold is measured per index, deterministically, by counting work: calibration also
+records the distances a query computes at the calibrated ``ef`` (FAISS's HNSW counters), and
+the graph answers a search only when that count, grown with ``ef`` and multiplied by
+``GRAPH_COST_PER_DISTANCE`` = 2, is below the rows an exact scan would read. The factor is
+measured: one graph distance (a random access) costs 1.8-2.1 scanned rows at 30k-100k × 256
+(3-4 at 10k, where the whole matrix sits in cache and the decision is not close anyway).
+Graphs are built from ``GRAPH_MIN_ROWS`` = 10,000 live rows (a build of seconds there) and
+dropped below 5,000 (hysteresis). On random 256-d vectors the graph starts answering near 60k
+rows; on clustered ones it answers from the first build. A build runs inside the ``add`` that
+crosses the threshold (or that makes tombstones too many): at 100k × 256 random vectors about
+4 minutes on one thread, 1.5 minutes for clustered ones (halve both on two threads). The count
+prices CPU work, not wall time: with two BLAS threads one exact query at 100k random rows took
+7.5 ms of wall time but 15.4 ms of CPU, against 9.7 ms for the graph walk (single-threaded);
+a lone query on an idle machine would get its answer sooner from exact search, concurrent
+requests get more throughput from the graph. The work count favours throughput.
+
+*Result* (``bench/retrieval.py --sizes 10000,100000 --threads 1``, one run, 500 queries; FAISS
+HNSW has the same M and efConstruction and an ``ef`` tuned on the very queries it is scored
+on, which ours cannot do)::
+
+    data       rows   backend      build s  p50 ms  p99 ms  recall@10
+    random     10k    exact           0.00   0.281   0.650   1.000
+                      faiss_hnsw      5.32   0.415   0.623   0.953   ef=168
+                      ours            7.14   0.261   0.583   1.000   exact (graph unused)
+               100k   exact           0.00   9.684  13.415   1.000
+                      faiss_hnsw    201.61   8.056  10.325   0.955   ef=1088
+                      ours          217.33   7.975  10.269   0.960   graph, ef=1123
+    clustered  10k    exact           0.00   0.261   0.595   1.000
+                      faiss_hnsw      2.60   0.050   0.097   0.958   ef=12
+                      ours            2.73   0.088   0.170   0.979   graph, ef=16
+               100k   exact           0.00   9.884  14.051   1.000
+                      faiss_hnsw     84.23   0.147   9.723   0.957   ef=12
+                      ours           79.07   0.198   1.908   0.960   graph, ef=13
+
+Ours matches or beats FAISS HNSW where a query costs milliseconds; where it costs 0.05-0.15 ms
+(easy data) ours adds 30-50 µs: Python per query (normalising, ``Hit`` objects) and an ``ef``
+a little above the oracle's. At 1M random rows exact search takes 122 ms a query (measured);
+a graph build was not run (extrapolated from 10k → 100k, about 1.5 h on one thread for each of
+FAISS and ours), its ``ef`` would be about 1123 × 10 ** 0.75 ≈ 6300, i.e. 50-70 ms a query.
 
 Filtered search policy
 ----------------------
-``allowed`` is mapped to the live rows it names (keys that are not stored are ignored), ``m`` of
-them. A filter never starves the result: it returns ``min(k, m)`` hits.
+``allowed`` is mapped to the live rows it names (keys that are not stored, or removed, are
+ignored), ``m`` of them. A filter never starves the result: it returns ``min(k, m)`` hits.
+The same work count decides the path:
 
-* ``m <= FILTER_EXACT_MAX_ROWS`` or no graph: exact search over just those ``m`` vectors (a
-  gather and one matrix-vector product; at that size this is as fast as the graph).
-* otherwise the HNSW graph is searched with the filter applied *during* traversal (a FAISS
-  ``IDSelectorBitmap``: filtered-out nodes are still walked through, but only allowed ones enter
-  the result) and ``ef`` divided by the selectivity ``m / n`` (the true top-k of an ``s``-selective
-  filter sit around rank ``k / s`` overall, so the walk must reach that deep), capped at
-  ``MAX_EF_SEARCH``; when the capped ``ef`` would not reach that deep, or the walk returns fewer
-  than ``min(k, m)`` hits, the exact search over the ``m`` vectors answers instead.
+* the graph is searched with the filter applied *during* traversal (a FAISS
+  ``IDSelectorBitmap``: filtered-out nodes are still walked through, only allowed ones enter
+  the result) at ``ef`` divided by the selectivity ``m / n`` (the true top-k of an
+  ``s``-selective filter sit near rank ``k / s`` overall, so the walk must go that deep) when
+  that ``ef`` is at most ``MAX_EF_SEARCH`` and its priced work is below ``m`` rows;
+* otherwise, and whenever the walk returns fewer than ``min(k, m)`` hits, the exact search over
+  just those ``m`` vectors answers (a gather and one matrix-vector product; a scan of all rows
+  when ``m`` is more than half of them). A very selective filter (3 of 50k) is therefore exact.
 
 Mutations and persistence
 -------------------------
@@ -68,10 +109,12 @@ Mutations and persistence
 a node; tombstones are skipped during traversal with the same bitmap mechanism as filters) and the
 new vector is appended (and inserted into the graph). ``remove`` only makes tombstones. When
 tombstones exceed ``REBUILD_DEAD_FRACTION`` of the rows, the rows are compacted (and the graph
-rebuilt), so dead rows cost at most that fraction of memory and search time.
+rebuilt), so dead rows cost at most that fraction of memory and search time. Memory: once a
+graph exists the vectors are held twice (the rows for exact search and ``vector``, FAISS's
+copy for the walk) plus 2·M links per node: about 2.3 KB per 256-d row (230 MB for 100k).
 
 ``save`` writes a new *generation* folder (``gen-NNNNNN``: ``meta.json``, ``keys.npy``,
-``alive.npy``, ``vectors.npy`` and, above the threshold, ``graph.faiss``), fsyncs it, and then
+``alive.npy``, ``vectors.npy`` and, once built, ``graph.faiss``), fsyncs it, and then
 atomically replaces the ``CURRENT`` file that names it. A kill at any point leaves either the old
 or the new generation current, never a mixture; a half-written generation is a ``.tmp-`` folder
 that the next save deletes. The previous generation is kept one save longer so a reader that
@@ -112,15 +155,15 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 FORMAT_VERSION = 1
 
-GRAPH_MIN_ROWS = 50_000  # live rows from which the HNSW graph answers (exact below)
+GRAPH_MIN_ROWS = 10_000  # live rows from which a graph is built (it answers when cheaper)
 GRAPH_DROP_ROWS = GRAPH_MIN_ROWS // 2  # hysteresis: below this, the graph is dropped again
-FILTER_EXACT_MAX_ROWS = GRAPH_MIN_ROWS  # allowed ∩ stored up to this: exact over those rows
+GRAPH_COST_PER_DISTANCE = 2.0  # a graph distance costs this many exact-scan rows (measured)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 CALIBRATION_QUERIES = 256  # live rows held out of a graph build to measure recall with
 CALIBRATION_RECALL = 0.96  # recall@10 the calibrated ef must reach on them (0.95 + margin)
 EF_SEARCH_GROWTH = 0.75  # after calibration, ef grows as (rows / calibrated rows) ** this
-MIN_EF_SEARCH = 32
+MIN_EF_SEARCH = 10  # = k of the usual request; FAISS needs ef >= k anyway
 MAX_EF_SEARCH = 16_384
 REBUILD_DEAD_FRACTION = 0.25
 _EXACT_CHUNK_CELLS = 16_000_000  # queries × rows of scores held at once (64 MB of float32)
@@ -301,17 +344,28 @@ class _Rows:
 # --------------------------------------------------------------------------- HNSW graph
 
 
+def _search_parameters(ef: int) -> Any:
+    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
+    params.efSearch = ef
+    return params
+
+
 class _Graph:
     """A FAISS ``IndexHNSWFlat`` (inner product) whose node ``i`` is row label ``i``.
 
     ``ef_base`` is the ``ef`` measured to reach ``CALIBRATION_RECALL`` when the graph held
-    ``base_rows`` nodes; :meth:`ef_for` scales it to the current size.
+    ``base_rows`` nodes, and ``distances_base`` the distances a query computed at that ``ef``;
+    :meth:`ef_for` scales the first to the current size, :meth:`cost` prices a search.
     """
 
-    def __init__(self, index: faiss.IndexHNSWFlat, ef_base: int, base_rows: int) -> None:
+    def __init__(
+        self, index: faiss.IndexHNSWFlat, ef_base: int, base_rows: int, distances_base: float
+    ) -> None:
         self._index = index
         self.ef_base = ef_base
         self.base_rows = base_rows
+        self.distances_base = distances_base
+        self._plain_params: dict[int, Any] = {}  # efSearch -> SearchParametersHNSW, no filter
 
     @classmethod
     def build(cls, vectors: FloatArray, held_out: int) -> _Graph:
@@ -324,15 +378,16 @@ class _Graph:
         index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         base = vectors[: len(vectors) - held_out]
-        graph = cls(index, MIN_EF_SEARCH, max(len(base), 1))
+        graph = cls(index, MIN_EF_SEARCH, max(len(base), 1), math.inf)
         graph.add(base)
         if held_out:
             graph.ef_base = graph.calibrate(vectors[len(base) :], base)
+            graph.distances_base = graph.distances_per_query(vectors[len(base) :], graph.ef_base)
         graph.add(vectors[len(base) :])
         return graph
 
     def calibrate(self, queries: FloatArray, base: FloatArray) -> int:
-        """Smallest ``ef`` (to within 1/8) with recall@10 >= ``CALIBRATION_RECALL`` on queries.
+        """Smallest ``ef`` (to within 1/16) with recall@10 >= ``CALIBRATION_RECALL`` on queries.
 
         Doubling, then bisection: the passes cost about four times the final one.
         """
@@ -348,10 +403,23 @@ class _Graph:
         low, high = 0, MIN_EF_SEARCH
         while high < MAX_EF_SEARCH and not reaches(high):
             low, high = high, min(2 * high, MAX_EF_SEARCH)
-        while high - low > max(8, high // 8):
+        while low and high - low > max(4, high // 16):  # low == 0: the floor is enough
             middle = (low + high) // 2
             low, high = (low, middle) if reaches(middle) else (middle, high)
         return high
+
+    def distances_per_query(self, queries: FloatArray, ef: int) -> float:
+        """Mean distances a search at ``ef`` computes (FAISS's global counters: a concurrent
+        search elsewhere in the process inflates the count, which only makes exact likelier)."""
+        stats = faiss.cvar.hnsw_stats  # type: ignore[attr-defined]  # not in the stubs
+        stats.reset()
+        self.search(queries, 10, ef, None)
+        return float(stats.ndis) / len(queries)
+
+    def cost(self, ef: float) -> float:
+        """A search's price in exact-scan rows: distances (about proportional to ``ef``) times
+        ``GRAPH_COST_PER_DISTANCE`` (a graph distance is a random access, a scan row is not)."""
+        return self.distances_base * ef / self.ef_base * GRAPH_COST_PER_DISTANCE
 
     def ef_for(self, rows: int) -> int:
         """``ef`` for an unfiltered search over ``rows`` nodes (grown by ``EF_SEARCH_GROWTH``)."""
@@ -359,11 +427,24 @@ class _Graph:
         return int(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, math.ceil(scaled))))
 
     @classmethod
-    def read(cls, path: Path, ef_base: int, base_rows: int) -> _Graph:
+    def read(cls, path: Path, calibration: dict[str, Any]) -> _Graph:
         index = faiss.read_index(str(path))
         if not isinstance(index, faiss.IndexHNSWFlat):
             raise ValueError(f"{path} holds a {type(index).__name__}, not an HNSW graph")
-        return cls(index, ef_base, base_rows)
+        return cls(
+            index,
+            int(calibration["ef_base"]),
+            int(calibration["base_rows"]),
+            float(calibration["distances_base"]),
+        )
+
+    def calibration(self) -> dict[str, Any]:
+        return {
+            "m": HNSW_M,
+            "ef_base": self.ef_base,
+            "base_rows": self.base_rows,
+            "distances_base": self.distances_base,
+        }
 
     def write(self, path: Path) -> None:
         faiss.write_index(self._index, str(path))
@@ -384,9 +465,15 @@ class _Graph:
         ``allowed`` is a label bitmap applied during traversal; it must stay referenced until
         FAISS returns, which holding it in this frame guarantees.
         """
-        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
-        params.efSearch = max(ef, k)
-        if allowed is not None:
+        ef = max(ef, k)
+        if allowed is None:  # the common case: reuse the parameters (saves ~10 µs a query)
+            params = self._plain_params.get(ef)
+            if params is None:
+                params = _search_parameters(ef)
+                if len(self._plain_params) < 64:
+                    self._plain_params[ef] = params
+        else:
+            params = _search_parameters(ef)
             # FAISS bounds-checks by *bytes*: (label >> 3) < len(allowed)
             params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(allowed))
         scores, labels = self._index.search(queries, k, params=params)
@@ -431,9 +518,7 @@ def _write_generation(directory: Path, name: str, rows: _Rows, graph: _Graph | N
         "dim": rows.dim,
         "rows": rows.size,
         "live": rows.live,
-        "graph": None
-        if graph is None
-        else {"m": HNSW_M, "ef_base": graph.ef_base, "base_rows": graph.base_rows},
+        "graph": None if graph is None else graph.calibration(),
     }
     _save_array(temporary / "keys.npy", rows.keys)
     _save_array(temporary / "alive.npy", rows.alive)
@@ -488,10 +573,7 @@ def _read_generation(folder: Path, dim: int) -> tuple[_Rows, _Graph | None]:
     vectors = np.load(folder / "vectors.npy", allow_pickle=False)
     if vectors.shape != (len(keys), dim) or alive.shape != keys.shape:
         raise ValueError(f"{folder}: keys, alive and vectors disagree in shape")
-    graph = None
-    if meta["graph"] is not None:
-        ef_base, base_rows = meta["graph"]["ef_base"], meta["graph"]["base_rows"]
-        graph = _Graph.read(folder / "graph.faiss", ef_base, base_rows)
+    graph = None if meta["graph"] is None else _Graph.read(folder / "graph.faiss", meta["graph"])
     if graph is not None and graph.nodes != len(keys):
         raise ValueError(f"{folder}: graph has {graph.nodes} nodes for {len(keys)} rows")
     return _Rows(dim, vectors, keys, alive), graph
@@ -619,15 +701,34 @@ class EmbeddedIndex:
             raise KeyError(key)
         return np.array(self._rows.vectors[label], dtype=np.float32)
 
+    def is_current(self) -> bool:
+        """Whether this handle holds the generation on disk (False: another writer saved since,
+        reopen to see its changes). One small file read, so a long-lived handle can ask before
+        each search instead of reloading the whole index."""
+        return _current_generation(self.directory) == self._generation
+
     @property
-    def uses_graph(self) -> bool:
-        """Whether unfiltered searches go through the HNSW graph (else exact)."""
+    def has_graph(self) -> bool:
+        """Whether an HNSW graph is built (it answers only the searches it makes cheaper)."""
         return self._graph is not None
 
     @property
+    def uses_graph(self) -> bool:
+        """Whether unfiltered searches go through the HNSW graph (else exact)."""
+        return self._unfiltered_ef() is not None
+
+    @property
     def ef_search(self) -> int | None:
-        """The graph's current unfiltered ``ef`` (None while searches are exact)."""
-        return None if self._graph is None else self._graph.ef_for(self._rows.size)
+        """The ``ef`` of unfiltered graph searches (None while they are exact)."""
+        return self._unfiltered_ef()
+
+    def _unfiltered_ef(self) -> int | None:
+        """``ef`` for an unfiltered search when the graph is cheaper than exact, else None."""
+        rows = self._rows
+        if self._graph is None or rows.live == 0:
+            return None
+        ef = math.ceil(self._graph.ef_for(rows.size) * rows.size / rows.live)  # tombstones dilute
+        return ef if ef <= MAX_EF_SEARCH and self._graph.cost(ef) < rows.live else None
 
     # ----------------------------------------------------------------- mutations
 
@@ -739,10 +840,10 @@ class EmbeddedIndex:
         wanted = min(k, rows.live)
         if wanted == 0:
             return [[] for _ in unit]
-        if self._graph is None:
+        ef = self._unfiltered_ef()
+        if self._graph is None or ef is None:
             return self._exact_all(unit, k)
         live = rows.live_bitmap() if rows.dead else None
-        ef = math.ceil(self._graph.ef_for(rows.size) * rows.size / rows.live)  # tombstones dilute
         scores, labels = self._graph.search(unit, wanted, ef, live)
         results = self._hits(scores, labels)
         for position, hits in enumerate(results):
@@ -754,15 +855,27 @@ class EmbeddedIndex:
         wanted = min(k, len(labels))
         if wanted == 0:
             return []
-        live = max(self._rows.live, 1)
-        ef = (self._graph.ef_for(live) * live / len(labels)) if self._graph else 0.0
-        if self._graph is None or len(labels) <= FILTER_EXACT_MAX_ROWS or ef > MAX_EF_SEARCH:
+        ef = self._filtered_ef(len(labels))
+        if self._graph is None or ef is None:
             return self._exact_subset(unit[0], k, labels)
         mask = np.zeros(self._rows.size, np.bool_)
         mask[labels] = True
-        scores, found = self._graph.search(unit, wanted, math.ceil(ef), bitmap(mask))
+        scores, found = self._graph.search(unit, wanted, ef, bitmap(mask))
         hits = self._hits(scores, found)[0]
         return hits if len(hits) == wanted else self._exact_subset(unit[0], k, labels)
+
+    def _filtered_ef(self, allowed: int) -> int | None:
+        """``ef`` for a graph search restricted to ``allowed`` live rows, or None for exact.
+
+        The ``k``-th best allowed row sits near rank ``k / s`` overall for a filter of
+        selectivity ``s``, so the walk must go ``1 / s`` times deeper; exact search over the
+        ``allowed`` rows costs about ``allowed`` scan rows.
+        """
+        rows = self._rows
+        if self._graph is None:
+            return None
+        ef = math.ceil(self._graph.ef_for(rows.size) * rows.size / allowed)
+        return ef if ef <= MAX_EF_SEARCH and self._graph.cost(ef) < allowed else None
 
     def _exact_all(self, unit: FloatArray, k: int) -> list[list[Hit]]:
         """Exact top-k of each query over the live rows, in chunks of bounded memory.
@@ -796,13 +909,16 @@ class EmbeddedIndex:
         return self._as_hits(self._rows.keys[labels[best]], scores[best])
 
     def _hits(self, scores: FloatArray, labels: npt.NDArray[np.int64]) -> list[list[Hit]]:
+        """Graph answers as hits; FAISS pads a short answer with label -1 at its end."""
+        keys = self._rows._keys
         results = []
         for row_scores, row_labels in zip(scores, labels, strict=True):
-            found = row_labels >= 0
-            keys = self._rows.keys[row_labels[found]]
-            results.append(self._as_hits(keys, row_scores[found]))
+            found = len(row_labels)
+            while found and row_labels[found - 1] < 0:
+                found -= 1
+            results.append(self._as_hits(keys[row_labels[:found]], row_scores[:found]))
         return results
 
     @staticmethod
     def _as_hits(keys: KeyArray, scores: FloatArray) -> list[Hit]:
-        return [Hit(key, score) for key, score in zip(keys.tolist(), scores.tolist(), strict=True)]
+        return list(map(Hit, keys.tolist(), scores.tolist()))

@@ -18,6 +18,7 @@ def test_retrieval_benchmark_json_covers_every_backend_and_size(
 ) -> None:
     monkeypatch.setattr(index_module, "GRAPH_MIN_ROWS", 1_000)  # so the graph path runs too
     monkeypatch.setattr(index_module, "GRAPH_DROP_ROWS", 500)
+    monkeypatch.setattr(index_module, "GRAPH_COST_PER_DISTANCE", 0.0)
     argv = ["--sizes", "300,1500", "--dim", "16", "--queries", "20", "--threads", "1", "--json"]
     returned = retrieval.main(argv)
     printed = json.loads(capsys.readouterr().out)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from clinic.inference.records import embedding_space, upsert_embeddings
-from clinic.retrieval.backends import hnsw_index_name, search_space
+from clinic.retrieval.backends import hnsw_index_name, pgvector_search_sql, search_space
 from clinic.retrieval.filters import CaseFilter, allowed_encounters, parse_filter
 from clinic.store.models import ClinicalRecord, Encounter, Label, Patient
 from clinic.store.store import Store
@@ -136,18 +136,32 @@ def test_new_embeddings_are_found_incrementally(
 
 
 @pytest.mark.postgres
-def test_postgres_uses_a_partial_hnsw_index(postgres_url: str, tmp_path: Path) -> None:
+def test_postgres_searches_through_the_hnsw_index_of_the_dimension(
+    postgres_url: str, tmp_path: Path
+) -> None:
     store = Store.open(make_settings(tmp_path / "home", postgres_url))
     try:
+        with store.engine.connect() as connection:
+            migrated = set(connection.execute(text(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_embeddings_hnsw_%'"
+            )).scalars())  # fmt: skip
+        assert migrated == {hnsw_index_name(128), hnsw_index_name(256)}  # by migration 0004
         vectors = unit(np.random.default_rng(0).normal(size=(50, DIM)))
         populate(store, vectors)
-        search_space(store, SPACE, vectors[0], 5)
+        assert search_space(store, SPACE, vectors[0], 5)[0].encounter_id is not None
         with store.engine.connect() as connection:
             definition = connection.execute(
                 text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
-                {"n": hnsw_index_name(SPACE)},
-            ).scalar_one()
-        assert "hnsw" in definition and SPACE in definition
+                {"n": hnsw_index_name(DIM)},
+            ).scalar_one()  # another dimension: created on first search
+            connection.execute(text("SET enable_seqscan = off"))  # 50 rows: force the choice
+            literal = "[" + ",".join("0.1" for _ in range(DIM)) + "]"
+            plan = "\n".join(connection.execute(
+                text("EXPLAIN " + pgvector_search_sql(SPACE, DIM, "SELECT 1").text),
+                {"q": literal, "k": 5},
+            ).scalars())  # fmt: skip
+        assert "hnsw" in definition and f"vector_dims(vector) = {DIM}" in definition
+        assert hnsw_index_name(DIM) in plan  # the planner can use it for the search's query
     finally:
         store.close()
 
@@ -173,3 +187,40 @@ def test_concurrent_searches_sync_the_index_without_failing(
     with ThreadPoolExecutor(max_workers=4) as pool:
         tops = list(pool.map(lambda v: search_space(store, SPACE, v, 1)[0].encounter_id, fresh))
     assert tops == new_ids
+
+
+def test_searches_reuse_one_loaded_index_until_another_writer_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded index (SQLite stores) stays loaded between searches."""
+    store = Store.open(make_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}"))
+    vectors = unit(np.random.default_rng(0).normal(size=(50, DIM)))
+    populate(store, vectors)
+    from clinic.retrieval import backends
+    from clinic.retrieval.index import EmbeddedIndex
+
+    opened: list[Path] = []
+    real_open = EmbeddedIndex.open.__func__  # type: ignore[attr-defined]
+
+    def counting_open(cls: type[EmbeddedIndex], directory: Path, dim: int) -> EmbeddedIndex:
+        opened.append(directory)
+        return real_open(cls, directory, dim)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(EmbeddedIndex, "open", classmethod(counting_open))
+    backends._OPEN_INDEXES.clear()
+    for vector in vectors[:5]:
+        search_space(store, SPACE, vector, 3)
+    assert len(opened) == 1  # loaded once, synced in place afterwards
+    fresh = unit(np.random.default_rng(7).normal(size=(1, DIM)))
+    new_id = populate(store, fresh, start=3 * N)[0]
+    assert search_space(store, SPACE, fresh[0], 1)[0].encounter_id == new_id
+    assert len(opened) == 1
+    other = EmbeddedIndex.open(backends.index_dir(store, SPACE), DIM)  # another process's writer
+    with other:
+        other.remove(np.array([new_id], dtype=np.int64))
+        other.save()
+    opened.clear()
+    hits = search_space(store, SPACE, fresh[0], 1)
+    assert len(opened) == 1  # the other writer's save was noticed: reloaded from disk
+    assert hits[0].encounter_id != new_id  # and its change is visible
+    store.close()

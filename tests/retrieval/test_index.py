@@ -56,12 +56,17 @@ def recall(found: list[list[int]], truth: list[list[int]]) -> float:
     )
 
 
-@pytest.fixture
-def small_graph_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the HNSW graph answer from 1,000 rows so graph paths are testable in seconds."""
+def graph_from_1000_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build the graph from 1,000 rows and let it answer whenever it can (graph work priced at
+    zero), so graph paths are testable in seconds."""
     monkeypatch.setattr(index_module, "GRAPH_MIN_ROWS", 1_000)
     monkeypatch.setattr(index_module, "GRAPH_DROP_ROWS", 500)
-    monkeypatch.setattr(index_module, "FILTER_EXACT_MAX_ROWS", 300)
+    monkeypatch.setattr(index_module, "GRAPH_COST_PER_DISTANCE", 0.0)
+
+
+@pytest.fixture
+def small_graph_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph_from_1000_rows(monkeypatch)
 
 
 @pytest.fixture
@@ -144,6 +149,25 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
         index.search(np.ones((2, 4), np.float32), 3)
 
 
+def test_the_graph_answers_only_where_its_measured_work_beats_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same size, same dimension: structured vectors need a shallow walk, random ones do not."""
+    monkeypatch.setattr(index_module, "GRAPH_MIN_ROWS", 1_000)
+    rng = np.random.default_rng(40)
+    centres = rng.standard_normal((20, 256))
+    clustered = centres[rng.integers(0, 20, 2_000)] + 0.35 * rng.standard_normal((2_000, 256))
+    answers = {}
+    for name, rows in (("random", unit_rows(2_000, 256, 41)), ("clustered", clustered)):
+        index = EmbeddedIndex.open(tmp_path / name, dim=256)
+        index.add(np.arange(2_000, dtype=np.int64), rows.astype(np.float32))
+        assert index.has_graph
+        answers[name] = index.uses_graph
+        query = rows[0].astype(np.float32)
+        assert index.search(query, 1)[0].key == 0  # either way, the answer is right
+    assert answers == {"random": False, "clustered": True}
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -152,8 +176,7 @@ def test_upsert_replaces_the_vector(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_graph: bool
 ) -> None:
     if use_graph:
-        monkeypatch.setattr(index_module, "GRAPH_MIN_ROWS", 1_000)
-        monkeypatch.setattr(index_module, "GRAPH_DROP_ROWS", 500)
+        graph_from_1000_rows(monkeypatch)
     keys, vectors = database_keys(1_500, 8), unit_rows(1_500, 16, 9)
     index = EmbeddedIndex.open(tmp_path / "i", dim=16)
     index.add(keys, vectors)
@@ -217,8 +240,7 @@ def test_save_reopen_gives_identical_results_and_accepts_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_graph: bool
 ) -> None:
     if use_graph:
-        monkeypatch.setattr(index_module, "GRAPH_MIN_ROWS", 1_000)
-        monkeypatch.setattr(index_module, "GRAPH_DROP_ROWS", 500)
+        graph_from_1000_rows(monkeypatch)
     keys, vectors = database_keys(2_500, 13), unit_rows(2_500, 16, 14)
     folder = tmp_path / "i"
     with EmbeddedIndex.open(folder, dim=16) as index:
@@ -282,8 +304,10 @@ def test_a_second_writer_gets_a_clear_error(tmp_path: Path) -> None:
     first.add(np.array([1], np.int64), unit_rows(1, 4, 19))
     with pytest.raises(IndexLockedError, match="one writer at a time"):
         second.add(np.array([2], np.int64), unit_rows(1, 4, 20))
+    assert second.is_current()
     first.save()
     first.close()
+    assert first.is_current() and not second.is_current()
     with pytest.raises(StaleIndexError, match="reopen"):
         second.add(np.array([2], np.int64), unit_rows(1, 4, 20))
     with EmbeddedIndex.open(folder, dim=4) as third:
@@ -338,7 +362,7 @@ def test_very_selective_filter_on_a_large_graph_index(
     keys, vectors = database_keys(50_000, 26), unit_rows(50_000, 16, 27)
     index = EmbeddedIndex.open(tmp_path / "i", dim=16)
     index.add(keys, vectors)
-    assert index.uses_graph
+    assert index.has_graph
     allowed = keys[[17, 23_456, 49_999]]
     query = unit_rows(1, 16, 28)[0]
     hits = index.search(query, 10, allowed=allowed)
