@@ -1,0 +1,1 @@
+"""Tests of deploy/: Dockerfiles, the compose file and the Kubernetes manifests."""
