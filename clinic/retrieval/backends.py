@@ -35,6 +35,7 @@ from clinic.store.store import Store
 _SPACE = re.compile(r"^[0-9a-f]{64}:[a-z]+$")
 HNSW_M = 16  # as migration 0004
 HNSW_EF_CONSTRUCTION = 64
+EXACT_FILTER_MAX = 2_000  # allowed cases at or below which PostgreSQL scores them all (README)
 SYNC_FILE = "sync.json"
 SYNC_ATTEMPTS = 50
 _ENSURED: set[tuple[str, str]] = set()  # (database, index) known to exist, per process
@@ -73,27 +74,38 @@ def _search_pgvector(
     with store.session() as session:
         session.execute(text(f"SET LOCAL hnsw.ef_search = {ef_search}"))
         session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-        allowed_sql = None
+        allowed_sql, exact = None, False
         if allowed is not None:
             compiled = allowed.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
             allowed_sql = str(compiled)
+            count = session.execute(text(f"SELECT count(*) FROM ({allowed_sql}) AS allowed"))
+            exact = int(count.scalar_one()) <= EXACT_FILTER_MAX
         params: dict[str, Any] = {"q": literal, "k": k}
-        rows = session.execute(pgvector_search_sql(space, dim, allowed_sql), params).all()
+        sql = pgvector_search_sql(space, dim, allowed_sql, exact=exact)
+        rows = session.execute(sql, params).all()
         session.rollback()
     hits = [Neighbour(int(row[0]), 1.0 - float(row[1])) for row in rows]
     return sorted(hits, key=lambda hit: -hit.score)  # relaxed order: re-sort the k found
 
 
-def pgvector_search_sql(space: str, dim: int, allowed_sql: str | None = None) -> TextClause:
+def pgvector_search_sql(
+    space: str, dim: int, allowed_sql: str | None = None, *, exact: bool = False
+) -> TextClause:
     """The k-nearest query (parameters ``q``, ``k``): it names the HNSW index's own predicate
-    and expression so the planner can use it, then the space and the case filter."""
+    and expression so the planner can use it, then the space and the case filter.
+
+    ``exact`` orders by ``distance + 0``, which no index provides: a selective filter is then
+    answered by looking its few cases up (unique btree on encounter, space) and scoring them
+    all — faster and exact where the graph walk would skip through many rows that fail it.
+    """
     distance = f"(vector::vector({dim})) <=> CAST(:q AS vector({dim}))"
     where = f"vector_dims(vector) = {dim} AND space = '{space}'"
     if allowed_sql is not None:
         where += f" AND encounter_id IN ({allowed_sql})"
+    order = f"({distance}) + 0" if exact else distance
     return text(
         f"SELECT encounter_id, {distance} AS d FROM embeddings WHERE {where} "
-        f"ORDER BY {distance} LIMIT :k"
+        f"ORDER BY {order} LIMIT :k"
     )
 
 
