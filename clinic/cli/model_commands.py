@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +21,7 @@ from clinic.store.store import Store
 from clinic.train.errors import ModelNotFoundError
 
 if TYPE_CHECKING:  # torch and the model stack load only when a model command runs
-    from clinic.train.runner import TrainRequest
+    from clinic.train.runner import Reporter, TrainRequest
 
 train_app = typer.Typer(help="Train a model on a cohort: pretrain, finetune, calibrate.")
 run_app = typer.Typer(help="Benchmarks that anyone can run from a fresh clone.")
@@ -30,7 +32,8 @@ CohortOption = Annotated[
     str | None, typer.Option("--cohort", help="Cohort to train on (default: every case).")
 ]
 ConfigOption = Annotated[
-    str, typer.Option("--config", help="Named model config: cpu-small or gpu-base.")
+    str,
+    typer.Option("--config", help="Named model config (cpu-small, gpu-base) or a JSON file."),
 ]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=2, help="Cases per step.")]
@@ -50,6 +53,24 @@ TestFoldsOption = Annotated[
 ]
 ValFoldsOption = Annotated[
     str, typer.Option("--val-folds", help="Stored fold numbers used as the validation split.")
+]
+
+
+class Launcher(StrEnum):
+    torchrun = "torchrun"
+    ray = "ray"
+
+
+LauncherOption = Annotated[
+    Launcher | None,
+    typer.Option(
+        "--launcher",
+        help="Data-parallel pretrain/finetune: torchrun (local processes) or ray (Ray Train). "
+        "Default: one process, or one rank of an enclosing torchrun.",
+    ),
+]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", min=1, help="Processes for --launcher (one per GPU).")
 ]
 
 
@@ -90,24 +111,100 @@ def _folds(text: str) -> frozenset[int]:
 
 
 def _run_stage(
-    stage: Callable[[Store, TrainRequest, RichReporter], dict[str, Any]],
+    stage: Callable[[Store, TrainRequest, Reporter], dict[str, Any]],
     request: TrainRequest,
     settings: Settings,
     as_json: bool,
 ) -> None:
-    store = Store.open(settings)
+    """Run a stage here; under torchrun this process is one rank and only rank 0 draws progress,
+    migrates the store and prints the card."""
+    from clinic.train.distributed import is_rank_zero
+    from clinic.train.runner import QuietReporter
+
+    lead = is_rank_zero()
+    store = Store.open(settings, migrate=lead)
     try:
-        with reporter_for(as_json) as reporter:
-            card = stage(store, request, reporter)
+        if lead:
+            with reporter_for(as_json) as reporter:
+                card = stage(store, request, reporter)
+        else:
+            card = stage(store, request, QuietReporter())
     except (CohortNotFoundError, ModelNotFoundError, ValueError, KeyError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     finally:
         store.close()
+    if lead:
+        _print_card(card, request, as_json)
+
+
+def _print_card(card: Mapping[str, Any], request: TrainRequest, as_json: bool) -> None:
     if as_json:
-        print_json(card)
+        print_json(dict(card))
     else:
         consoles(False)[0].print(f"model {request.model_name}: {card['directory']}")
+
+
+def _config_values(config: str) -> dict[str, Any]:
+    """``--config``: a packaged name as it is, or a JSON file read into the request's config."""
+    if not config.endswith(".json"):
+        return {"config_name": config}
+    from clinic.models.config import model_config_from_dict
+
+    path = Path(config)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {"config_name": str(path), "config": model_config_from_dict(data)}
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise typer.BadParameter(f"cannot read model config {config}: {error}") from error
+
+
+def _rank_arguments(name: str, options: Mapping[str, object]) -> list[str]:
+    """The command line each torchrun rank runs: this stage with the same options (launcher
+    options left out: the ranks find torchrun's environment instead)."""
+    arguments = ["train", name]
+    for flag, value in options.items():
+        if value is None or value is False:
+            continue
+        arguments += [flag] if value is True else [flag, str(value)]
+    return arguments
+
+
+def _run_distributed(
+    name: str,
+    launcher: Launcher | None,
+    workers: int,
+    request: TrainRequest,
+    rank_arguments: list[str],
+    as_json: bool,
+) -> bool:
+    """Launch or refuse a data-parallel run; False when the stage should run here as usual."""
+    from clinic.train import distributed
+
+    if launcher is not None and name not in distributed.DISTRIBUTED_STAGES:
+        typer.echo(f"error: --launcher applies to {' and '.join(distributed.DISTRIBUTED_STAGES)}",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
+    if name not in distributed.DISTRIBUTED_STAGES and distributed.torchrun_environment():
+        typer.echo(f"error: {name} runs in one process; run it without torchrun", err=True)
+        raise typer.Exit(2)
+    if launcher is Launcher.torchrun and not distributed.torchrun_environment():
+        raise typer.Exit(distributed.launch_torchrun(workers, rank_arguments))
+    if launcher is Launcher.ray:
+        import torch
+
+        use_gpu = (request.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
+        try:
+            card = distributed.run_on_ray(name, request, workers=workers, use_gpu=use_gpu)
+        except (ModelNotFoundError, ValueError, OSError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        except RuntimeError as error:  # a worker failed; Ray's message carries its traceback
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+        _print_card(card, request, as_json)
+        return True
+    return False
 
 
 def register(app: typer.Typer, load_settings: Callable[[], Settings]) -> None:
@@ -159,19 +256,30 @@ def _register_stage(
             str | None,
             typer.Option(help="finetune only: train LoRA adapters + head under this name."),
         ] = None,
+        launcher: LauncherOption = None,
+        workers: WorkersOption = 2,
         as_json: JsonOption = False,
     ) -> None:
         if adapter and name != "finetune":
             typer.echo("error: --adapter applies to finetune only", err=True)
             raise typer.Exit(2)
         settings, request = make_request(
-            model, cohort, config_name=config, epochs=epochs, batch_size=batch_size, lr=lr,
+            model, cohort, **_config_values(config), epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, label_vocabulary=labels_from, labels=labels,
             test_folds=test_folds, val_folds=val_folds, adapter=adapter,
         )  # fmt: skip
-        from clinic.train import runner
+        rank_arguments = _rank_arguments(name, {
+            "--model": model, "--cohort": cohort, "--config": config, "--epochs": epochs,
+            "--batch-size": batch_size, "--lr": lr, "--seed": seed, "--device": device,
+            "--labels-from": labels_from, "--labels": labels, "--test-folds": test_folds,
+            "--val-folds": val_folds, "--adapter": adapter, "--json": as_json,
+        })  # fmt: skip
+        if _run_distributed(name, launcher, workers, request, rank_arguments, as_json):
+            return
+        from clinic.train import distributed, runner
 
-        _run_stage(getattr(runner, name), request, settings, as_json)
+        with distributed.process_group(request.device):
+            _run_stage(getattr(runner, name), request, settings, as_json)
 
     command.__doc__ = doc
     train_app.command(name)(command)

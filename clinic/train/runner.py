@@ -3,12 +3,16 @@
 Each stage reads a cohort from the store, trains, and writes the model folder atomically; a
 killed run resumes from its last finished epoch. Seeds are fixed, so two runs with the same
 inputs give the same weights on the same machine.
+
+Pretrain and finetune also run as one rank of a data-parallel group (clinic.train.distributed):
+every rank trains on its share of the same global batches, and rank 0 alone writes checkpoints,
+the model and its card while the others wait, so the files are those of a single process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +33,7 @@ from clinic.models.model import ClinicModel
 from clinic.store.store import Store
 from clinic.train.adapters import attach_model_adapters, save_model_adapters
 from clinic.train.artifacts import (
+    CARD_FILE,
     TrainingState,
     clear_checkpoint,
     describe_model,
@@ -49,6 +54,13 @@ from clinic.train.data import (
     make_dataset,
 )
 from clinic.train.device import pick_device, seed_everything
+from clinic.train.distributed import (
+    barrier,
+    is_rank_zero,
+    replicate,
+    share_collate,
+    worker_device,
+)
 from clinic.train.embeddings import embed_dataset
 from clinic.train.loops import finetune_epoch, pretrain_epoch
 from clinic.train.losses import positive_weights
@@ -107,11 +119,15 @@ def pretrain(store: Store, request: TrainRequest, reporter: Reporter) -> dict[st
     model = ClinicModel(config, preprocess, data.label_names)
     directory = model_dir(request.home, request.model_name)
     history = _train_stage(store, request, data, model, directory, "pretrain", reporter)
-    weights = save_model(model, directory)
-    card = _card(model, data, request, directory, {"pretrain": history}, weights)
-    write_json(directory / "card.json", card)
-    audit_training(store, "model.pretrain", request, weights)
-    return card
+
+    def publish() -> dict[str, Any]:
+        weights = save_model(model, directory)
+        card = _card(model, data, request, directory, {"pretrain": history}, weights)
+        write_json(directory / "card.json", card)
+        audit_training(store, "model.pretrain", request, weights)
+        return card
+
+    return _on_rank_zero(publish, directory)
 
 
 def finetune(store: Store, request: TrainRequest, reporter: Reporter) -> dict[str, Any]:
@@ -123,12 +139,16 @@ def finetune(store: Store, request: TrainRequest, reporter: Reporter) -> dict[st
     if request.adapter:
         return _finetune_adapter(store, request, data, model, directory, reporter)
     history = _train_stage(store, request, data, model, directory, "finetune", reporter)
-    weights = save_model(model, directory)
-    previous = _previous_history(directory)
-    card = _card(model, data, request, directory, {**previous, "finetune": history}, weights)
-    write_json(directory / "card.json", card)
-    audit_training(store, "model.finetune", request, weights)
-    return card
+
+    def publish() -> dict[str, Any]:
+        weights = save_model(model, directory)
+        previous = _previous_history(directory)
+        card = _card(model, data, request, directory, {**previous, "finetune": history}, weights)
+        write_json(directory / "card.json", card)
+        audit_training(store, "model.finetune", request, weights)
+        return card
+
+    return _on_rank_zero(publish, directory)
 
 
 def _finetune_adapter(
@@ -144,18 +164,23 @@ def _finetune_adapter(
     base_hashes = attach_model_adapters(model, adapter)
     stage = f"adapter:{adapter}"
     history = _train_stage(store, request, data, model, directory, stage, reporter)
-    manifest = save_model_adapters(model, directory, adapter, base_hashes)
-    card = read_json(directory / "card.json")
-    card.setdefault("adapters", {})[adapter] = {
-        **manifest,
-        "cohort": request.cohort,
-        "data": data.summary(),
-        "training": history,
-        "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-    }
-    write_json(directory / "card.json", card)
-    audit_training(store, "model.adapter", request, manifest["head_sha256"])
-    return card
+
+    def publish() -> dict[str, Any]:
+        manifest = save_model_adapters(model, directory, adapter, base_hashes)
+        card = read_json(directory / "card.json")
+        trainable = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        card.setdefault("adapters", {})[adapter] = {
+            **manifest,
+            "cohort": request.cohort,
+            "data": data.summary(),
+            "training": history,
+            "trainable_parameters": trainable,
+        }
+        write_json(directory / "card.json", card)
+        audit_training(store, "model.adapter", request, manifest["head_sha256"])
+        return card
+
+    return _on_rank_zero(publish, directory)
 
 
 def calibrate(store: Store, request: TrainRequest, reporter: Reporter) -> dict[str, Any]:
@@ -212,6 +237,14 @@ def feature_cache_dir(home: Path) -> Path:
     return home / "cache" / "features"
 
 
+def _on_rank_zero(publish: Callable[[], dict[str, Any]], directory: Path) -> dict[str, Any]:
+    """Run ``publish`` (write the model, its card, the audit event) on rank 0 only; every rank
+    returns the card, the others reading it once rank 0 has written it."""
+    card = publish() if is_rank_zero() else {}
+    barrier()
+    return card if is_rank_zero() else read_json(directory / CARD_FILE)
+
+
 def _load(
     store: Store, request: TrainRequest, label_names: Sequence[str] | None = None
 ) -> CohortData:
@@ -235,7 +268,7 @@ def _train_stage(
     reporter: Reporter,
 ) -> list[dict[str, Any]]:
     """Run ``request.epochs`` epochs of ``stage``, checkpointing after each, resuming if killed."""
-    device = pick_device(request.device)
+    device = worker_device(request.device)
     model.to(device)
     model.bind_feature_cache(feature_cache_dir(request.home))
     dataset = make_dataset(data.splits["train"], store, model, train=True, seed=request.seed)
@@ -247,24 +280,31 @@ def _train_stage(
         reporter.note(f"resuming {stage} at epoch {state.next_epoch + 1}")
     pos_weight = positive_weights(torch.from_numpy(dataset.labels))
     loss_fn = MultiModalContrastiveLoss()
-    for epoch in range(state.next_epoch, request.epochs):
-        loader = _loader(dataset, request, epoch)
-        reporter.start(f"{stage} epoch {epoch + 1}/{request.epochs}", len(dataset))
-        if stage == "pretrain":
-            result = pretrain_epoch(model, loader, optimiser, device, loss_fn, reporter.advance)
-        else:
-            fusion = model.config.fusion
-            result = finetune_epoch(
-                model, loader, optimiser, device,
-                drop_probability=fusion.modality_dropout,
-                reconstruction_weight=fusion.reconstruction_weight,
-                pos_weight=pos_weight, progress=reporter.advance,
-            )  # fmt: skip
-        state.history.append({"epoch": epoch + 1, "loss": result.loss, **result.parts})
-        state.next_epoch = epoch + 1
-        save_checkpoint(directory, model, optimiser, state)
-        reporter.note(f"{stage} epoch {epoch + 1}: loss {result.loss:.4f}")
-    clear_checkpoint(directory)
+    with replicate(model, device, request.seed) as replica:
+        for epoch in range(state.next_epoch, request.epochs):
+            loader = _loader(dataset, request, epoch)
+            reporter.start(f"{stage} epoch {epoch + 1}/{request.epochs}", len(dataset))
+            if stage == "pretrain":
+                result = pretrain_epoch(
+                    model, loader, optimiser, device, loss_fn, reporter.advance, replica=replica
+                )
+            else:
+                fusion = model.config.fusion
+                result = finetune_epoch(
+                    model, loader, optimiser, device,
+                    drop_probability=fusion.modality_dropout,
+                    reconstruction_weight=fusion.reconstruction_weight,
+                    pos_weight=pos_weight, progress=reporter.advance, replica=replica,
+                )  # fmt: skip
+            state.history.append({"epoch": epoch + 1, "loss": result.loss, **result.parts})
+            state.next_epoch = epoch + 1
+            if is_rank_zero():
+                save_checkpoint(directory, model, optimiser, state)
+            barrier()  # no rank runs ahead of a checkpoint it might have to resume from
+            reporter.note(f"{stage} epoch {epoch + 1}: loss {result.loss:.4f}")
+    if is_rank_zero():
+        clear_checkpoint(directory)
+    barrier()
     return state.history
 
 
@@ -276,7 +316,7 @@ def _loader(dataset: CaseDataset, request: TrainRequest, epoch: int) -> DataLoad
         batch_size=request.batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=make_collate(dataset.preprocess),
+        collate_fn=share_collate(make_collate(dataset.preprocess)),
         drop_last=len(dataset) > request.batch_size,
     )
 
