@@ -1,1 +1,1 @@
-"""Batch pipelines that compose ``clinic``: thin, typed, runnable locally (Ray comes later)."""
+"""Batch pipelines that compose ``clinic``: thin, typed, on the local engine or on Ray."""

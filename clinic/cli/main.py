@@ -14,6 +14,8 @@ import typer
 
 from clinic.audit.chain import AuditKey, append_event
 from clinic.cli.admin_commands import register as register_admin_commands
+from clinic.cli.index_commands import AddressOption, EngineOption, chosen_engine
+from clinic.cli.index_commands import register as register_index_commands
 from clinic.cli.model_commands import evaluate_command_factory
 from clinic.cli.model_commands import register as register_model_commands
 from clinic.cli.output import (
@@ -25,6 +27,7 @@ from clinic.cli.output import (
 )
 from clinic.cli.predict_commands import register as register_predict_commands
 from clinic.cli.ui_command import register as register_ui_command
+from clinic.engines.options import Engine
 from clinic.ingest.discover import iter_items_from_paths, iter_manifest_items
 from clinic.ingest.engine import IngestOptions, IngestSummary, ingest
 from clinic.ingest.errors import IngestError
@@ -138,6 +141,8 @@ def ingest_command(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Items committed per transaction (default 64).")
     ] = 64,
+    engine: EngineOption = Engine.LOCAL,
+    address: AddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest X-rays (DICOM/PNG/JPEG), ECGs (WFDB/DICOM), records (CSV/Parquet) and reports.
@@ -155,8 +160,14 @@ def ingest_command(
         sources=tuple(str(p) for p in paths),
         retry_quarantined=retry_quarantined,
         batch_size=batch_size,
+        **_engine_fields(engine, address, workers),
     )
     run_ingest(settings, items, options, as_json)
+
+
+def _engine_fields(engine: Engine, address: str | None, workers: int) -> dict[str, Any]:
+    chosen = chosen_engine(engine, address, workers)
+    return {"engine": chosen.engine, "address": chosen.address}
 
 
 def _register_importer(name: str) -> None:
@@ -164,13 +175,16 @@ def _register_importer(name: str) -> None:
         root: Annotated[Path, typer.Argument(help=f"The {name} dataset folder (or file).")],
         cohort: CohortOption = None,
         workers: WorkersOption = 1,
+        engine: EngineOption = Engine.LOCAL,
+        address: AddressOption = None,
         as_json: JsonOption = False,
     ) -> None:
         settings = load_settings()
         items = _collect(lambda: IMPORTERS[name](root))
         options = IngestOptions(
-            workers=workers, cohort=cohort, command=f"import {name}", sources=(str(root),)
-        )
+            workers=workers, cohort=cohort, command=f"import {name}", sources=(str(root),),
+            **_engine_fields(engine, address, workers),
+        )  # fmt: skip
         run_ingest(settings, items, options, as_json)
 
     command.__doc__ = f"Import {name} from its original layout (any subset of it)."
@@ -184,6 +198,7 @@ register_model_commands(app, load_settings)
 app.command("evaluate")(evaluate_command_factory(load_settings))
 register_predict_commands(app, cohort_app, load_settings)
 register_admin_commands(app, load_settings)
+register_index_commands(app, load_settings)
 register_ui_command(app, load_settings)
 
 

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
+from clinic.cli.index_commands import AddressOption, EngineOption, chosen_engine
 from clinic.cli.model_commands import JsonOption, reporter_for
 from clinic.cli.output import consoles, print_json
+from clinic.engines.options import Engine
 from clinic.settings import Settings
 from clinic.store.store import Store
 
@@ -193,17 +195,27 @@ def _cohort_score_command(load_settings: LoadSettings) -> Callable[..., None]:
         name: Annotated[str, typer.Argument(help="Cohort name.")],
         model: ModelOption = None,
         adapter: AdapterOption = None,
-        workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 0,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Decoding processes (local); decode tasks and model actors (ray, at least 1).",
+            ),
+        ] = 0,
         batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 32,
+        engine: EngineOption = Engine.LOCAL,
+        address: AddressOption = None,
         as_json: JsonOption = False,
     ) -> None:
         """Score every case of a cohort (resumable: re-running skips cases already scored)."""
         from clinic.inference.cohort import CohortScoreRequest, score_cohort
 
+        chosen = chosen_engine(engine, address, workers)
         with acting(load_settings) as (store, principal), reporter_for(as_json) as reporter:
             request = CohortScoreRequest(
-                name, default_model(store.settings, model), adapter, workers, batch_size
-            )
+                name, default_model(store.settings, model), adapter, workers, batch_size,
+                engine=chosen.engine, address=chosen.address,
+            )  # fmt: skip
             summary = score_cohort(store, principal, request, _BarProgress(reporter))
         if as_json:
             print_json(summary.to_json())

@@ -20,6 +20,7 @@ from clinic.audit.chain import AuditKey, record
 from clinic.auth.guard import guard
 from clinic.auth.roles import Permission, Principal
 from clinic.data.cases import Case, load_cases
+from clinic.engines.options import Engine, EngineOptions
 from clinic.inference.lineage import lineage_hash, prediction_lineage
 from clinic.inference.loaded import LoadedModel
 from clinic.inference.records import add_prediction, encounter_ids, upsert_embeddings
@@ -38,6 +39,16 @@ class CohortScoreRequest:
     batch_size: int = 32
     mc_samples: int = 30
     device: str | None = None
+    engine: Engine = Engine.LOCAL  # ray: decode tasks and model actors on Ray (clinic.engines)
+    address: str | None = None  # an existing Ray cluster; None starts a private local Ray
+    gpu: bool | None = None  # Ray: one GPU per model actor; None: when the cluster has GPUs
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """On Ray, ``workers`` is the number of decode tasks and of model actors (at least 1);
+        asking for the CPU device keeps the actors off the cluster's GPUs."""
+        gpu = False if self.gpu is None and self.device == "cpu" else self.gpu
+        return EngineOptions(self.engine, self.address, max(self.workers, 1), gpu)
 
 
 @dataclass
@@ -86,8 +97,7 @@ def score_cohort(
     summary = CohortScoreSummary(run.id, len(cases), already_scored=len(cases) - len(todo))
     sink = progress or _Silent()
     sink.start(len(todo))
-    options = ScoringOptions(request.batch_size, request.mc_samples, request.workers)
-    results = score_cases(loaded, todo, store, options, sink.advance)
+    results = _results(store, loaded, todo, request, sink)
     for chunk in _batched(results, request.batch_size):
         with store.session() as session:
             for result in chunk:
@@ -95,6 +105,21 @@ def score_cohort(
             session.commit()
     _finish_run(store, key, principal, run.id, summary)
     return summary
+
+
+def _results(
+    store: Store, loaded: LoadedModel, todo: list[Case], request: CohortScoreRequest, sink: Progress
+) -> Iterator[CaseScore | NoUsableInputError]:
+    """The scoring stage: a DataLoader here, or decode tasks and model actors on Ray."""
+    options = ScoringOptions(request.batch_size, request.mc_samples, request.workers)
+    if request.engine is Engine.RAY:
+        from clinic.engines.ray_scoring import ray_score_cases
+
+        ray_options = ScoringOptions(request.batch_size, request.mc_samples, workers=0)
+        return ray_score_cases(
+            loaded, todo, store, ray_options, request.engine_options, sink.advance
+        )
+    return score_cases(loaded, todo, store, options, sink.advance)
 
 
 def _unscored(

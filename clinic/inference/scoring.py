@@ -5,8 +5,9 @@ For each case the encoders run once; everything after that works on the (B, D) e
 - calibrated probability: fusion over the modalities the case has, then the Platt map fitted
   for exactly that subset (abstaining where that subset was not good enough on validation);
 - uncertainty: Monte-Carlo dropout in the fusion transformer (``mc_samples`` passes in one
-  batched forward), reported as the standard deviation and a 90 % interval of the calibrated
-  probability;
+  forward per case), reported as the standard deviation and a 90 % interval of the calibrated
+  probability; each case's dropout draws are seeded from its lineage hash, so a case gets the
+  same interval whichever batch, process or machine scores it (the Ray engine relies on this);
 - contribution of modality m: calibrated probability with all the case's modalities minus the
   calibrated probability with m left out (the subset without m has its own calibration); for a
   single-modality case the comparison is the fusion's prior (no modality at all).
@@ -14,7 +15,7 @@ For each case the encoders run once; everything after that works on the (B, D) e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +101,20 @@ def score_cases(
     )  # fmt: skip
     for batch in loader:
         chunk = [cases[int(i)] for i in batch["index"]]
-        with torch.no_grad():
-            yield from _score_batch(loaded, chunk, to_device(batch, loaded.device), options)
+        yield from score_batch(loaded, chunk, batch, options)
         if progress:
             progress(len(chunk))
+
+
+def score_batch(
+    loaded: LoadedModel,
+    cases: Sequence[Case],
+    batch: Mapping[str, Tensor],
+    options: ScoringOptions = ScoringOptions(),
+) -> list[CaseScore | NoUsableInputError]:
+    """Score one collated batch of ``cases`` (row i is ``cases[i]``), wherever it was decoded."""
+    with torch.no_grad():
+        return list(_score_batch(loaded, cases, to_device(batch, loaded.device), options))
 
 
 def _score_batch(
@@ -117,7 +128,10 @@ def _score_batch(
     subsets = [_row_subset(present, row) for row in range(len(cases))]
     output = model.fusion(embeddings, present)
     probabilities = _calibrated(loaded.calibration, output.logits, subsets)
-    spread = _mc_dropout(loaded, embeddings, present, subsets, options.mc_samples)
+    lineages = [prediction_lineage(loaded.lineage, case) for case in cases]
+    hashes = [lineage_hash(lineage) for lineage in lineages]
+    seeds = [dropout_seed(value) for value in hashes]
+    spread = _mc_dropout(loaded, embeddings, present, subsets, options.mc_samples, seeds)
     contributions = _contributions(loaded, embeddings, present, subsets, probabilities)
     fused = torch.nn.functional.normalize(output.fused.float(), dim=-1).cpu().numpy()
     vectors = {m: e.cpu().numpy() for m, e in embeddings.items()}
@@ -132,8 +146,7 @@ def _score_batch(
         findings = _findings(loaded, name, probabilities[row], spread[row], contributions[row])
         own = {m: vectors[m][row] for m in subsets[row]}
         own["fused"] = fused[row]
-        lineage = prediction_lineage(loaded.lineage, case)
-        yield CaseScore(case, name, findings, own, lineage, lineage_hash(lineage))
+        yield CaseScore(case, name, findings, own, lineages[row], hashes[row])
 
 
 def _row_subset(present: dict[str, Tensor], row: int) -> tuple[str, ...]:
@@ -154,27 +167,45 @@ def _calibrated(
     return out
 
 
+def dropout_seed(case_lineage_hash: str) -> int:
+    """The seed of a case's Monte-Carlo dropout draws: 60 bits of its lineage hash."""
+    return int(case_lineage_hash[:15], 16)
+
+
 def _mc_dropout(
     loaded: LoadedModel,
     embeddings: dict[str, Tensor],
     present: dict[str, Tensor],
     subsets: Sequence[tuple[str, ...]],
     samples: int,
+    seeds: Sequence[int],
 ) -> npt.NDArray[np.float64]:
-    """(B, K, 3): standard deviation, 5th and 95th percentile of the calibrated probability."""
-    batch = len(subsets)
+    """(B, K, 3): standard deviation, 5th and 95th percentile of the calibrated probability.
+
+    One forward of ``samples`` copies per case, under the case's own seed, in a forked RNG
+    state: the draws depend on the case alone, never on its neighbours in the batch, and the
+    caller's random state is left as it was.
+    """
     fusion = loaded.model.fusion
-    repeated = {m: e.repeat(samples, 1) for m, e in embeddings.items()}
-    repeated_present = {m: p.repeat(samples) for m, p in present.items()}
+    devices = [loaded.device] if loaded.device.type == "cuda" else []
+    per_case: list[Tensor] = []
     fusion.train()
     try:
-        logits = fusion(repeated, repeated_present).logits
+        for row, seed in enumerate(seeds):
+            repeated = {m: e[row : row + 1].repeat(samples, 1) for m, e in embeddings.items()}
+            repeated_present = {m: p[row : row + 1].repeat(samples) for m, p in present.items()}
+            with torch.random.fork_rng(devices=devices, device_type=loaded.device.type):
+                torch.manual_seed(seed)
+                per_case.append(fusion(repeated, repeated_present).logits)
     finally:
         fusion.eval()
-    draws = _calibrated(loaded.calibration, logits, list(subsets) * samples)
-    draws = draws.reshape(samples, batch, -1)
-    low, high = np.percentile(draws, INTERVAL, axis=0)
-    return np.stack([draws.std(axis=0), low, high], axis=-1)
+    if not per_case:
+        return np.zeros((0, len(loaded.label_names), 3))
+    rows = [subset for subset in subsets for _ in range(samples)]
+    draws = _calibrated(loaded.calibration, torch.cat(per_case), rows)
+    draws = draws.reshape(len(subsets), samples, -1)
+    low, high = np.percentile(draws, INTERVAL, axis=1)
+    return np.stack([draws.std(axis=1), low, high], axis=-1)
 
 
 def _contributions(

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from clinic import __version__
 from clinic.audit.chain import AuditKey
+from clinic.engines.options import Engine, EngineOptions
 from clinic.ingest.errors import ReasonCode
 from clinic.ingest.prepare import (
     Outcome,
@@ -91,6 +92,12 @@ class IngestOptions:
     sources: tuple[str, ...] = ()
     retry_quarantined: bool = False
     batch_size: int = BATCH_SIZE
+    engine: Engine = Engine.LOCAL  # ray: decoding runs as Ray Data tasks (clinic.engines)
+    address: str | None = None  # an existing Ray cluster; None starts a private local Ray
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(self.engine, self.address, max(self.workers, 1))
 
 
 def prepare_context(store: Store) -> PrepareContext:
@@ -208,7 +215,7 @@ def _process(
         progress(done, summary.seen)
     batch: list[Outcome] = []
     last_flush = time.monotonic()
-    for outcome in _outcomes(store, pending, options.workers):
+    for outcome in _outcomes(store, pending, options):
         batch.append(outcome)
         if len(batch) >= options.batch_size or time.monotonic() - last_flush > BATCH_SECONDS:
             _flush(store, batch, summary, run_id, cohort_id)
@@ -273,20 +280,48 @@ def _crashed(task: tuple[IngestItem, str], why: str) -> Outcome:
     return Refused(sha, item.kind, item.source, reason.value, message)
 
 
-def _outcomes(
-    store: Store, pending: list[tuple[IngestItem, str]], workers: int
-) -> Iterator[Outcome]:
-    """Decode in supervised worker processes (see :mod:`clinic.ingest.supervisor`)."""
-    supervised = Supervised(
+def supervised_decoding(
+    context: PrepareContext, journal: InflightJournal
+) -> Supervised[tuple[IngestItem, str], Outcome]:
+    """How an item is decoded under supervision: the same on both engines (a Ray decode task
+    supervises its own decoding process, see :mod:`clinic.engines.ray_ingest`)."""
+    return Supervised(
         work=_prepare_in_worker,
         key=_task_key,
         crashed=_crashed,
-        journal=InflightJournal(store.settings.home / "inflight"),
+        journal=journal,
         initializer=_init_worker,
-        initargs=(replace(prepare_context(store), crash_contained=workers > 0),),
+        initargs=(context,),
     )
-    for module in WORKER_PRELOAD:  # workers fork from this process: import the readers once
+
+
+def preload_readers() -> None:
+    """Import the readers once in a process that forks decoding workers."""
+    for module in WORKER_PRELOAD:
         importlib.import_module(module)
+
+
+def _outcomes(
+    store: Store, pending: list[tuple[IngestItem, str]], options: IngestOptions
+) -> Iterator[Outcome]:
+    """The decode stage: supervised worker processes here, or Ray Data tasks on a cluster."""
+    if options.engine is Engine.RAY:
+        from clinic.engines.ray_ingest import ray_outcomes
+
+        yield from ray_outcomes(store, pending, options.engine_options)
+        return
+    yield from _local_outcomes(store, pending, options.workers)
+
+
+def _local_outcomes(
+    store: Store, pending: list[tuple[IngestItem, str]], workers: int
+) -> Iterator[Outcome]:
+    """Decode in supervised worker processes (see :mod:`clinic.ingest.supervisor`)."""
+    supervised = supervised_decoding(
+        replace(prepare_context(store), crash_contained=workers > 0),
+        InflightJournal(store.settings.home / "inflight"),
+    )
+    preload_readers()  # workers fork from this process: import the readers once
     yield from run_supervised(supervised, pending, workers)
 
 

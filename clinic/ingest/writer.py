@@ -99,7 +99,7 @@ def _ensure_encounters(session: Session, prepared: Sequence[Prepared]) -> dict[s
             for e in encounters.values()
         ],
     )
-    _fill_encounter_details(session, encounters.values())
+    _fill_encounter_details(session, prepared)  # every item: any one may carry the details
     return dict(
         session.execute(
             select(Encounter.pseudonym, Encounter.id).where(
