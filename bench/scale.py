@@ -23,7 +23,8 @@ Ratios are speed-ups (reference seconds / seconds): ``vs_local`` against ``local
 with ``OMP_NUM_THREADS=1`` so every worker uses one thread. ``--gpu`` adds bf16 batch-scoring
 throughput (the model stage on decoded batches) when CUDA is present, and says why not otherwise.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m bench.scale [--patients 120] [--gpu] [--json]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.scale [--patients 120] [--ray-workers 1,2]
+        [--gpu] [--json]
 """
 
 from __future__ import annotations
@@ -230,7 +231,9 @@ def gpu_figures(scoring: Store, batch_sizes: Sequence[int], repeat: int = 3) -> 
     return {"device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "batches": rows}
 
 
-def measure(patients: int, gpu: bool, home: Path | None) -> Figures:
+def measure(
+    patients: int, gpu: bool, home: Path | None, ray_workers: Sequence[int] = (1, 2)
+) -> Figures:
     from bench.inference import prepare
 
     with tempfile.TemporaryDirectory(prefix="clinic-scale-") as scratch:
@@ -243,7 +246,7 @@ def measure(patients: int, gpu: bool, home: Path | None) -> Figures:
         try:
             cases = prepare(scoring, patients)
             results = local_figures(items, scoring, work)
-            for workers in (1, 2):
+            for workers in ray_workers:
                 for stage, stage_figures in ray_figures(items, scoring, work, workers).items():
                     results[stage].update(stage_figures)
             extra = gpu_figures(scoring, (64, 256)) if gpu else None
@@ -287,9 +290,13 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     parser.add_argument("--patients", type=int, default=120)
     parser.add_argument("--gpu", action="store_true", help="Add bf16 batch-scoring throughput.")
     parser.add_argument("--home", type=Path, default=None, help="Work here (kept afterwards).")
+    parser.add_argument(
+        "--ray-workers", default="1,2", help="Ray configurations to run (worker counts)."
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    figures = measure(args.patients, args.gpu, args.home)
+    ray_workers = [int(count) for count in args.ray_workers.split(",")]
+    figures = measure(args.patients, args.gpu, args.home, ray_workers)
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -1,4 +1,5 @@
-"""One local Ray with 2 CPUs for the whole test session, shut down at its end.
+"""One local Ray with 2 CPUs for the engine tests, shut down after them (other packages, such
+as the Ray Train test, start their own).
 
 Pipelines called inside a test find Ray initialised and reuse it (they shut down only a Ray
 they started themselves), so the ~10 s start and the workers' imports are paid once.
@@ -15,9 +16,9 @@ from clinic.engines.options import Engine, EngineOptions
 RAY_CPUS = 2
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_local() -> Iterator[EngineOptions]:
-    """Engine options of the session's local Ray (2 workers); Ray is stopped afterwards."""
+    """Engine options of the package's local Ray (2 workers); Ray is stopped afterwards."""
     from clinic.engines.ray_runtime import ray_connection
 
     options = EngineOptions(Engine.RAY, workers=RAY_CPUS)

@@ -491,6 +491,8 @@ def test_ray_train_with_two_workers_trains_the_weights_of_one_process(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))  # for the hook
     reference = request_for(settings.home, "single", epochs=1)
     run_jobs(settings, [Job("pretrain", reference)], tmp_path / "single.log")
+    if ray.is_initialized():  # a Ray left by other tests lacks this test's setup hook
+        ray.shutdown()
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": use_sgd_everywhere})  # fmt: skip
     try:
