@@ -40,7 +40,7 @@ SYNC_FILE = "sync.json"
 SYNC_ATTEMPTS = 50
 _ENSURED: set[tuple[str, str]] = set()  # (database, index) known to exist, per process
 _OPEN_INDEXES: dict[Path, EmbeddedIndex] = {}  # one loaded handle per index folder, per process
-_HANDLE_LOCK = threading.Lock()  # a shared handle is synced (mutated) and searched by one thread
+_HANDLE_LOCK = threading.RLock()  # a shared handle is synced (mutated) and searched by one thread
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,11 @@ def sync_embedded_index(store: Store, space: str, dim: int) -> EmbeddedIndex:
     Only one writer may hold an index: a sync that meets another one (or finds the index saved
     by it meanwhile) reopens and tries again, so concurrent searches never fail or lose rows.
     """
+    with _HANDLE_LOCK:  # callers outside a search (index build) mutate the shared handle too
+        return _sync_shared_handle(store, space, dim)
+
+
+def _sync_shared_handle(store: Store, space: str, dim: int) -> EmbeddedIndex:
     directory = index_dir(store, space)
     for attempt in range(SYNC_ATTEMPTS):
         index = _open_index(directory, dim)
